@@ -1,0 +1,1 @@
+"""sonitor export: encoders and separator to ONNX, packed into a model package."""

@@ -1,0 +1,1 @@
+"""sonitor training: learns "normal" with PyTorch and evaluates exactly like DCASE Task 2."""

@@ -1,0 +1,1 @@
+"""Neural networks: CED, ResNet-18, the DCASE baseline autoencoder."""

@@ -1,0 +1,1 @@
+"""Recipes: how a machine's normal sound is learned and scored."""
