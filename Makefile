@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` (the main job on embedded defaults) and `make test`.
+# Both create .venv on first use. System packages (broker, Prometheus, PortAudio, PulseAudio) for
+# the real-parts tests: `sudo make system-deps` (Debian/Ubuntu); tests that need them skip without.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The CPU build of torch; installed first so that `.[train]`'s range never pulls a CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: venv demo test lint format system-deps bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[train,dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/sonitor demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra --durations=15
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+system-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    mosquitto mosquitto-clients prometheus pulseaudio pulseaudio-utils \
+	    libasound2-plugins libportaudio2 libsndfile1 openssl
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

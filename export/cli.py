@@ -1,0 +1,234 @@
+"""`sonitor export`: write a model package from a trained run, a data set, or CED weights.
+
+    sonitor export --run RUN_DIR --out PKG
+    sonitor export --data DATA_DIR [--recipe NAME ...] --out PKG [--save-run RUN_DIR]
+    sonitor export --checkpoint ced-mini.safetensors [--data DATA_DIR] --out PKG
+
+Without ``--data``, ``--checkpoint`` gives a package with no machines yet: add them with
+`sonitor enroll`, no training needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from monitor.errors import SonitorError
+
+log = logging.getLogger(__name__)
+
+
+def _window_from(waves: np.ndarray, sample_rate: int, hop: int = 160) -> float:
+    """The training clips' length, on the frame grid: banks and live windows must match."""
+    n = waves.shape[1] - waves.shape[1] % hop
+    return n / sample_rate
+
+
+def _train_from_data(args: argparse.Namespace):
+    """Train/fit the recipe on DATA_DIR; returns (recipe, model, machine specs, summary, test)."""
+    from export.package_writer import MachineSpec
+    from training.cli import _options
+    from training.data import discover, load_clips
+    from training.evaluate import _subsample
+    from training.recipes.base import MachineArrays
+    from training.recipes.registry import make_recipe
+
+    found = discover(args.data)
+    if args.machines:
+        unknown = sorted(set(args.machines) - set(found))
+        if unknown:
+            raise SonitorError(f"{args.data}: no machine type(s) {unknown}; found {sorted(found)}")
+        found = {m: found[m] for m in args.machines}
+    options = _options(args)
+    rec, why = make_recipe(args.recipe, options)
+    log.info("recipe %s (%s)", rec.name, why)
+    arrays, summary = {}, {"root": str(Path(args.data).resolve()), "machines": {}}
+    for m, md in found.items():
+        train = _subsample(md.train, args.max_train, options.seed)
+        waves = load_clips(train, workers=2)
+        doms = [c.domain for c in train]
+        arrays[m] = MachineArrays(m, waves, doms)
+        summary["machines"][m] = {
+            "n_train": len(train),
+            "n_source": doms.count("source"),
+            "n_target": doms.count("target"),
+            "clip_seconds": waves.shape[1] / 16000,
+        }
+    rec.prepare(arrays)
+    specs = []
+    for m in found:
+        rec.fit_machine(arrays[m])
+        specs.append(MachineSpec(m, rec.train_embeddings[m], arrays[m].domains, rec.scorers[m]))
+    model = getattr(rec, "model", None)
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise SonitorError(
+            f"recipe {rec.name!r} has no neural encoder to export (packages hold an ONNX "
+            "encoder and banks); use stage1 or simclr"
+        )
+    first = next(iter(arrays.values()))
+    window = args.window_seconds or _window_from(first.waves, 16000)
+    parity = np.stack([w[: int(window * 16000)] for w in first.waves[:4]])
+    test = None
+    if args.int8:
+        test = {}
+        for m, md in found.items():
+            labelled = [c for c in md.test if c.label is not None]
+            if labelled:
+                test[m] = (
+                    load_clips(labelled, workers=2, seconds=window),
+                    np.array([c.label == "anomaly" for c in labelled], int),
+                    [c.domain for c in labelled],
+                )
+    summary["recipe"] = rec.describe()
+    return rec.name, model, specs, summary, window, parity, test
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from export.package_writer import build_package
+
+    torch.set_num_threads(max(1, args.torch_threads))
+    if not (args.run or args.data or args.checkpoint):
+        raise SonitorError("give --run DIR, --data DIR or --checkpoint PATH")
+    if args.run and (args.data or args.checkpoint):
+        raise SonitorError("--run cannot be combined with --data or --checkpoint")
+    parity = test = None
+    if args.run:
+        from export.run_dir import load_run
+
+        run = load_run(args.run)
+        recipe, model, specs = run.meta["recipe"], run.model, run.machines
+        summary = run.meta.get("training_data", {})
+        window = args.window_seconds or run.meta["window_seconds"]
+        hop = args.hop_seconds or run.meta.get("hop_seconds", 1.0)
+    elif args.data:
+        if args.checkpoint and args.recipe == "auto":
+            args.recipe = "stage1"
+        recipe, model, specs, summary, window, parity, test = _train_from_data(args)
+        hop = args.hop_seconds or 1.0
+        if args.save_run:
+            from export.run_dir import save_run
+
+            save_run(
+                args.save_run,
+                recipe=recipe,
+                model=model,
+                machines=specs,
+                window_seconds=window,
+                hop_seconds=hop,
+                training_data=summary,
+            )
+            print(f"run saved in {args.save_run}")
+    else:
+        from training.models.ced import load_ced_checkpoint
+
+        blocks = tuple(int(b) for b in args.embed_blocks.split(",")) if args.embed_blocks else (11,)
+        model = load_ced_checkpoint(args.checkpoint, embed_blocks=blocks)
+        recipe, specs = "stage1", []
+        summary = {"checkpoint": str(args.checkpoint), "machines": {}}
+        window, hop = args.window_seconds or 10.0, args.hop_seconds or 1.0
+    default_scorer = None
+    if not specs:
+        # raw pretrained embeddings: Euclidean distance (asd-facts.md section 2)
+        default_scorer = (args.scorer or "rescaled_knn", {"k": args.k, "metric": "euclidean"})
+    path, report = build_package(
+        args.out,
+        model,
+        specs,
+        recipe=recipe,
+        window_seconds=window,
+        hop_seconds=hop,
+        parity_clips=parity,
+        int8=args.int8,
+        precision=args.precision,
+        drift_data=test,
+        training_data=summary,
+        default_scorer=default_scorer,
+        calibration=(args.threshold, args.threshold_q),
+        max_bank_size=args.max_bank,
+        archive=args.archive,
+    )
+    emb = report["embeddings"]
+    print(f"package written: {path}")
+    print(f"  machines: {', '.join(s.name for s in specs) or 'none yet (use sonitor enroll)'}")
+    print(
+        f"  parity onnxruntime vs PyTorch: max abs diff {emb['full']['max_abs_diff']:.3g}, "
+        f"min cosine {emb['full']['min_cosine']:.8f}"
+        + (f"; streaming split {emb['split']['max_abs_diff']:.3g}" if "split" in emb else "")
+    )
+    if "int8_drift" in report:
+        print("  int8 drift: " + json.dumps(report["int8_drift"], default=float))
+    if args.archive:
+        print(f"  archive: {args.archive}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from training.cli import add_recipe_arguments
+
+    p = subparsers.add_parser(
+        "export",
+        help="write a model package (ONNX encoder + banks + thresholds) for the daemon",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, type=Path, help="package folder to write")
+    p.add_argument("--run", type=Path, help="a trained run directory (see export/run_dir.py)")
+    p.add_argument("--data", type=Path, help="train the recipe on this DCASE-layout data set")
+    p.add_argument("--machines", nargs="+", help="only these machine types of --data")
+    p.add_argument("--max-train", type=int, help="at most this many training clips per machine")
+    p.add_argument("--save-run", type=Path, help="also save the trained run here (with --data)")
+    p.add_argument(
+        "--window-seconds",
+        type=float,
+        help="analysis window (default: the training clip length, or 10)",
+    )
+    p.add_argument("--hop-seconds", type=float, help="window hop of the daemon (default 1)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="add an int8 encoder (MatMul weights only) and check its drift",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="the package's default encoder precision (default fp32)",
+    )
+    p.add_argument(
+        "--threshold",
+        choices=["gamma", "percentile"],
+        default="gamma",
+        help="threshold fit on leave-one-out scores (default gamma, as DCASE)",
+    )
+    p.add_argument("--threshold-q", type=float, default=0.9, help="quantile (default 0.9)")
+    p.add_argument(
+        "--max-bank",
+        type=int,
+        default=4096,
+        help="bank size cap; larger banks get a greedy coreset (default 4096)",
+    )
+    p.add_argument("--archive", type=Path, help="also write the single-file archive (.tar)")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch threads (default 1)")
+    add_recipe_arguments(p)
+    p.set_defaults(handler=cmd_export)
+
+
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - convenience
+    parser = argparse.ArgumentParser(prog="sonitor")
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Assemble a model package from an encoder and per-machine banks, with parity and drift checks.
+
+`build_package` is the whole export: ONNX export, parity against PyTorch (embeddings and
+scores; fails loudly past the tolerance), optional int8 with its measured drift, threshold
+calibration, and an atomic write through `monitor.package.PackageWriter`. `write_package` is the
+last step alone, for encoders that are already exported (the test fixtures reuse one export).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.onnx_export import (
+    ExportedEncoder,
+    ExportError,
+    Tolerance,
+    check_parity,
+    export_encoder,
+    torch_embed,
+)
+from monitor import __version__
+from monitor.enroll import (
+    DEFAULT_MAX_BANK,
+    calibration_scores,
+    machine_entry,
+    scorer_spec,
+    subsample_bank,
+)
+from monitor.package import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    Bank,
+    PackageWriter,
+    pack_archive,
+    save_bank,
+    utc_now,
+    validate_machine_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MachineSpec:
+    """One machine's normal memory as the training side fitted it."""
+
+    name: str
+    embeddings: np.ndarray  # [N, D]
+    domains: list[str | None]
+    scorer: Any  # fitted monitor.scoring scorer
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Int8Files:
+    full: Path
+    backbone: Path | None
+    drift: dict[str, Any]
+
+
+def synthetic_parity_clips(n: int, samples: int, sample_rate: int = 16000, seed: int = 0):
+    """Noise, tones and silence-with-clicks: varied enough to exercise every part of a graph."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / sample_rate
+    clips = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            x = 0.1 * rng.standard_normal(samples)
+        elif kind == 1:
+            f0 = rng.uniform(50, 400)
+            x = sum(0.3 / h * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6)) for h in (1, 2, 3))
+            x = x + 0.01 * rng.standard_normal(samples)
+        else:
+            x = np.zeros(samples)
+            x[rng.integers(0, samples, 20)] = 0.8
+            x = x + 1e-3 * rng.standard_normal(samples)
+        clips.append(x)
+    return np.asarray(clips, dtype=np.float32)
+
+
+def _machine_bank(spec: MachineSpec, max_bank: int, method: str, q: float):
+    from monitor.thresholds import calibrate
+
+    x = np.asarray(spec.embeddings, dtype=np.float32)
+    doms = np.asarray(["" if d is None else d for d in spec.domains], dtype="<U6")
+    name, params = scorer_spec(spec.scorer)
+    scorer, kept = spec.scorer, np.arange(len(x))
+    if len(x) > max_bank:
+        from monitor.enroll import make_scorer
+
+        kept = subsample_bank(x, doms, max_bank, metric=params.get("metric", "euclidean"))
+        scorer = make_scorer(name, params).fit(x[kept], [d or None for d in doms[kept]])
+    scores = calibration_scores(scorer, x, kept)
+    cal = calibrate(scores, method=method, q=q)
+    return Bank(x[kept], doms[kept], name, params, scorer.to_arrays(), scores[kept]), cal
+
+
+def write_package(
+    dest: str | Path,
+    encoder: ExportedEncoder,
+    machines: Sequence[MachineSpec],
+    *,
+    recipe: str,
+    window_seconds: float,
+    hop_seconds: float,
+    sample_rate: int = 16000,
+    training_data: dict[str, Any] | None = None,
+    parity: dict[str, Any] | None = None,
+    int8: Int8Files | None = None,
+    precision: str = "fp32",
+    separator: Path | None = None,
+    default_scorer: tuple[str, dict[str, Any]] | None = None,
+    calibration: tuple[str, float] = ("gamma", 0.9),
+    max_bank_size: int = DEFAULT_MAX_BANK,
+    archive: str | Path | None = None,
+) -> Path:
+    """Write the package directory ``dest`` atomically (and the archive form if asked)."""
+    for hop_s in (window_seconds, hop_seconds):
+        n = int(round(hop_s * sample_rate))
+        fh = encoder.frontend_params.get("hop_length")
+        if fh and n % fh:
+            raise ExportError(
+                f"window/hop of {hop_s} s = {n} samples is not a multiple of the frame hop {fh}"
+            )
+    if precision == "int8" and int8 is None:
+        raise ExportError("precision int8 needs the int8 encoder (--int8)")
+    method, q = calibration
+    history = {"time": utc_now(), "action": "export", "recipe": recipe}
+    if default_scorer is None and machines:
+        default_scorer = scorer_spec(machines[0].scorer)
+    enc: dict[str, Any] = {
+        "arch": encoder.arch,
+        "full": "encoder.onnx",
+        "frontend": "frontend.onnx" if encoder.frontend else None,
+        "backbone": "backbone.onnx" if encoder.backbone else None,
+        "int8": None,
+        "precision": precision,
+        "opset": encoder.opset,
+        "input": "waveform",
+        "output": "embedding",
+    }
+    manifest: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created": utc_now(),
+        "sonitor_version": __version__,
+        "recipe": recipe,
+        "sample_rate": sample_rate,
+        "window_seconds": float(window_seconds),
+        "hop_seconds": float(hop_seconds),
+        "embedding_dim": int(encoder.embedding_dim),
+        "frontend": {k: v for k, v in encoder.frontend_params.items() if k != "sample_rate"},
+        "encoder": enc,
+        "separator": {"file": "separator.onnx", "input": "waveform", "output": "waveform"}
+        if separator
+        else None,
+        "scorer": {"name": default_scorer[0], "params": default_scorer[1]}
+        if default_scorer
+        else {"name": "rescaled_knn", "params": {"k": 16, "metric": "cosine"}},
+        "calibration": {"method": method, "q": q},
+        "max_bank_size": int(max_bank_size),
+        "training_data": training_data or {},
+        "parity": parity or {},
+        "machines": {},
+    }
+    if not manifest["frontend"]:
+        # no split graphs: the runtime only needs to know the minimum framing
+        manifest["frontend"] = {"n_fft": 1, "hop_length": 1, "n_mels": 1}
+    with PackageWriter(dest) as w:
+        w.add_file("encoder.onnx", encoder.full)
+        if encoder.frontend and encoder.backbone:
+            w.add_file("frontend.onnx", encoder.frontend)
+            w.add_file("backbone.onnx", encoder.backbone)
+        if int8 is not None:
+            w.add_file("encoder.int8.onnx", int8.full)
+            enc["int8"] = {"full": "encoder.int8.onnx", "backbone": None, "drift": int8.drift}
+            if int8.backbone is not None:
+                w.add_file("backbone.int8.onnx", int8.backbone)
+                enc["int8"]["backbone"] = "backbone.int8.onnx"
+        if separator:
+            w.add_file("separator.onnx", separator)
+        for spec in machines:
+            validate_machine_name(spec.name)
+            bank, cal = _machine_bank(spec, max_bank_size, method, q)
+            entry = machine_entry(spec.name, bank, cal, [dict(history, **spec.info)])
+            save_bank(
+                w.path(entry["bank"]),
+                bank.embeddings,
+                bank.domain_list(),
+                bank.scorer_name,
+                bank.scorer_params,
+                _Arrays(bank.scorer_arrays),
+                bank.calibration_scores,
+            )
+            w.write_json(entry["calibration"], cal.to_dict())
+            manifest["machines"][spec.name] = entry
+        out = w.commit(manifest)
+    if archive:
+        pack_archive(out, archive)
+    return out
+
+
+class _Arrays:
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return self.arrays
+
+
+def score_parity(
+    model: Any,
+    exported: ExportedEncoder,
+    machines: Sequence[MachineSpec],
+    clips: np.ndarray,
+    tolerance: Tolerance,
+) -> dict[str, Any]:
+    """Scores of the same clips from PyTorch and onnxruntime embeddings, per machine."""
+    from monitor.runtime import Embedder
+    from monitor.thresholds import calibrate
+
+    ref = torch_embed(model, clips)
+    ort = Embedder({"encoder": exported.full}).embed(clips)
+    out: dict[str, Any] = {}
+    for spec in machines:
+        thr = calibrate(spec.scorer.loo_scores()).threshold
+        a, b = spec.scorer.score_samples(ref), spec.scorer.score_samples(ort)
+        rel = float(np.max(np.abs(a - b)) / thr)
+        out[spec.name] = {
+            "max_abs_score_diff": float(np.max(np.abs(a - b))),
+            "rel_to_threshold": rel,
+        }
+        if rel > tolerance.rel_score:
+            raise ExportError(
+                f"machine {spec.name!r}: onnxruntime scores differ from PyTorch by {rel:.3g} of "
+                f"the threshold (tolerance {tolerance.rel_score:g})"
+            )
+    return out
+
+
+def build_package(
+    dest: str | Path,
+    model: Any,
+    machines: Sequence[MachineSpec],
+    *,
+    recipe: str,
+    window_seconds: float = 10.0,
+    hop_seconds: float = 1.0,
+    sample_rate: int = 16000,
+    parity_clips: np.ndarray | None = None,
+    tolerance: Tolerance | None = None,
+    int8: bool = False,
+    precision: str = "fp32",
+    drift_data: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> tuple[Path, dict[str, Any]]:
+    """Export ``model``, check parity (and int8 drift), write the package; returns (path, report).
+
+    ``drift_data`` (optional): ``{machine: (waves [N, T], labels [N] 1 = anomaly, domains)}`` of
+    labelled test clips; with it the int8 drift includes the change in the official score.
+    """
+    tol = tolerance or Tolerance()
+    win = int(round(window_seconds * sample_rate))
+    if parity_clips is None:
+        parity_clips = synthetic_parity_clips(4, win, sample_rate)
+    with tempfile.TemporaryDirectory(prefix="sonitor-export-") as tmp:
+        exported = export_encoder(model, Path(tmp) / "fp32", sample_rate=sample_rate)
+        report: dict[str, Any] = {
+            "embeddings": check_parity(model, exported, parity_clips, tolerance=tol),
+            "scores": score_parity(model, exported, machines, parity_clips, tol),
+            "tolerance": vars(tol),
+        }
+        log.info("parity ok: %s", report)
+        int8_files = None
+        if int8:
+            from export.quantize import check_drift, measure_drift, quantize_encoder
+
+            q_full = quantize_encoder(exported.full, Path(tmp) / "int8" / "encoder.int8.onnx")
+            q_bb = None
+            if exported.backbone is not None:
+                q_bb = quantize_encoder(
+                    exported.backbone, Path(tmp) / "int8" / "backbone.int8.onnx"
+                )
+            drift = measure_drift(exported.full, q_full, machines, parity_clips, drift_data)
+            check_drift(drift)
+            report["int8_drift"] = drift
+            int8_files = Int8Files(q_full, q_bb, drift)
+        path = write_package(
+            dest,
+            exported,
+            machines,
+            recipe=recipe,
+            window_seconds=window_seconds,
+            hop_seconds=hop_seconds,
+            sample_rate=sample_rate,
+            parity=report,
+            int8=int8_files,
+            precision=precision,
+            **kwargs,
+        )
+    return path, report

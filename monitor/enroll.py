@@ -1,0 +1,494 @@
+"""Enrolment and offline scoring on the runtime path: onnxruntime and numpy, never torch.
+
+`enroll` is how a plant engineer adds a machine, or more normal sound to one, without training:
+embed normal recordings with the package's encoder, extend (or create) the machine's bank,
+subsample it to a bounded size, recalibrate the threshold, and write the package atomically.
+
+`score_files` scores recordings exactly as the daemon scores live audio: the same streaming
+front-end (`monitor.runtime.FrameStream`), the same windows, the same scorer.
+
+Bank-size control. Long enrolments make large banks (scoring cost and memory grow linearly).
+Past ``max_bank`` the bank is reduced with a greedy k-center coreset (PatchCore), per domain so
+the few target-domain embeddings are not swamped. The threshold is then calibrated on the scores
+of ALL enrolled embeddings against the reduced bank (leave-one-out for kept ones), not on the
+reduced bank's own leave-one-out scores, which a coreset inflates by design (it keeps the points
+that are far from the others). What the reduction changes is measured on every enrolment: the
+Spearman rank correlation between the full bank's and the reduced bank's calibration scores and
+both thresholds, stored in the manifest's history.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitor.errors import AudioError, PackageError, SonitorError
+from monitor.package import (
+    Bank,
+    ModelPackage,
+    PackageWriter,
+    pack_archive,
+    save_bank,
+    utc_now,
+    validate_machine_name,
+)
+from monitor.runtime import Embedder, embed_recording
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+DEFAULT_MAX_BANK = 4096
+DOMAINS = ("source", "target")
+
+
+# --------------------------------------------------------------------------- audio and embedding
+
+
+def collect_audio_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for WAV/FLAC (sorted); none is an error."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise AudioError(f"{p}: no .wav or .flac files in this folder")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise AudioError(f"{p}: no such file or folder")
+    if not out:
+        raise AudioError("no audio files given")
+    return out
+
+
+def load(path: Path, sample_rate: int) -> np.ndarray:
+    from monitor.audio_io import load_audio
+
+    return load_audio(path, sr=sample_rate)
+
+
+def embed_waveform(
+    embedder: Embedder,
+    pkg: ModelPackage,
+    audio: np.ndarray,
+    *,
+    stride_seconds: float | None = None,
+    name: str = "audio",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of one recording for a bank: (starts in seconds, embeddings).
+
+    Windows do not overlap by default (``stride_seconds`` = the window): overlapping windows
+    are near-duplicates, whose tiny leave-one-out distances would pull the threshold down.
+    """
+    win = pkg.window_samples
+    stride = win if stride_seconds is None else int(round(stride_seconds * pkg.sample_rate))
+    if stride <= 0:
+        raise ValueError(f"stride must be positive, got {stride_seconds} s")
+    if audio.size < win:
+        raise AudioError(
+            f"{name}: {audio.size / pkg.sample_rate:.2f} s is shorter than one "
+            f"{pkg.window_seconds:g} s window of this package; record longer clips"
+        )
+    stride -= stride % embedder.hop_length  # windows on the frame grid, as in the daemon
+    starts, emb = embed_recording(embedder, audio, win, max(stride, embedder.hop_length))
+    return starts / pkg.sample_rate, emb
+
+
+# --------------------------------------------------------------------------- scorer helpers
+
+
+def scorer_spec(scorer: Any) -> tuple[str, dict[str, Any]]:
+    """(registry name, constructor parameters) of a scorer, to refit it on a changed bank."""
+    from monitor import scoring
+
+    name = scorer.name
+    fixed = getattr(scoring, "_REGISTRY", {}).get(name, (None, {}))[1]
+    params = {
+        p: getattr(scorer, p)
+        for p in inspect.signature(type(scorer).__init__).parameters
+        if p != "self" and p not in fixed and hasattr(scorer, p)
+    }
+    return name, params
+
+
+def make_scorer(name: str, params: dict[str, Any]) -> Any:
+    from monitor.scoring import make_scorer as _make
+
+    try:
+        return _make(name, **params)
+    except ValueError as exc:
+        raise PackageError(f"scorer {name!r} with {params}: {exc}") from None
+
+
+def _metric(params: dict[str, Any]) -> str:
+    return "cosine" if params.get("metric") == "cosine" else "euclidean"
+
+
+def subsample_bank(
+    x: np.ndarray, domains: np.ndarray, n: int, metric: str = "euclidean", seed: int = 0
+) -> np.ndarray:
+    """Indices of a per-domain greedy coreset of at most ``n`` rows (sorted).
+
+    Each domain gets a share of ``n`` proportional to its size but at least
+    ``min(size, n // 8)``, so a small target set survives a large source enrolment.
+    """
+    from monitor.scoring import coreset_subsample
+
+    if len(x) <= n:
+        return np.arange(len(x))
+    groups = [np.flatnonzero(domains == d) for d in np.unique(domains)]
+    sizes = np.array([len(g) for g in groups])
+    floor = np.minimum(sizes, max(n // 8, 1))
+    budget = np.minimum(sizes, np.maximum(floor, np.floor(n * sizes / sizes.sum()).astype(int)))
+    while budget.sum() > n:  # trim the largest share first
+        budget[np.argmax(budget - floor)] -= 1
+    keep = [
+        g[coreset_subsample(x[g], int(b), seed=seed, metric=metric)]
+        for g, b in zip(groups, budget, strict=True)
+        if b > 0
+    ]
+    return np.sort(np.concatenate(keep))
+
+
+def calibration_scores(scorer: Any, x_all: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Scores of every enrolled embedding against the (possibly reduced) fitted bank.
+
+    Kept rows are scored leave-one-out (never against themselves); dropped rows are ordinary
+    queries, since the bank does not contain them.
+    """
+    loo = np.asarray(scorer.loo_scores(), dtype=np.float64)
+    if len(kept) == len(x_all):
+        return loo
+    out = np.empty(len(x_all))
+    mask = np.zeros(len(x_all), bool)
+    mask[kept] = True
+    out[kept] = loo
+    out[~mask] = scorer.score_samples(x_all[~mask])
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+# --------------------------------------------------------------------------- enrolment
+
+
+@dataclass
+class EnrollResult:
+    package: Path
+    machine: str
+    created: bool
+    n_added: int
+    n_candidates: int  # old bank + new embeddings, before subsampling
+    n_bank: int
+    threshold: float
+    threshold_before: float | None
+    model_version: str
+    subsample: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        verb = "created" if self.created else "extended"
+        s = (
+            f"machine {self.machine!r} {verb}: +{self.n_added} embeddings, bank {self.n_bank}"
+            f" (of {self.n_candidates}), threshold {self.threshold:.6g}"
+        )
+        if self.threshold_before is not None:
+            s += f" (was {self.threshold_before:.6g})"
+        if self.subsample:
+            s += (
+                f"; coreset {self.subsample['from']} -> {self.subsample['to']}: rank correlation "
+                f"with the full bank's scores {self.subsample['spearman_vs_full']:.4f}, threshold "
+                f"with the full bank {self.subsample['threshold_full']:.6g}"
+            )
+        return s + f"; package version {self.model_version}"
+
+
+def enroll_embeddings(
+    package: str | Path,
+    machine: str,
+    embeddings: np.ndarray,
+    domain: str = "source",
+    *,
+    max_bank: int | None = None,
+    scorer: str | None = None,
+    scorer_params: dict[str, Any] | None = None,
+    method: str | None = None,
+    q: float | None = None,
+    origin: str = "",
+    measure_subsample: bool = True,
+    seed: int = 0,
+    _before_swap: Any = None,
+) -> EnrollResult:
+    """Add ``embeddings`` of normal sound to ``machine`` and write the package atomically."""
+    from monitor.thresholds import calibrate
+
+    validate_machine_name(machine)
+    if domain not in DOMAINS:
+        raise SonitorError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    path = Path(package)
+    pkg = ModelPackage.load(path)
+    new = np.asarray(embeddings, dtype=np.float32)
+    if new.ndim != 2 or new.shape[1] != pkg.embedding_dim or len(new) == 0:
+        raise SonitorError(
+            f"enrolment embeddings must be [N >= 1, {pkg.embedding_dim}], got {new.shape}"
+        )
+    m = pkg.manifest
+    created = machine not in pkg.machines
+    if created:
+        default = m.get("scorer") or {"name": "rescaled_knn", "params": {}}
+        name, params = default["name"], dict(default.get("params", {}))
+        x_old, d_old = np.zeros((0, new.shape[1]), np.float32), np.zeros(0, "<U6")
+        thr_before = None
+    else:
+        mm = pkg.machine(machine)
+        name, params = mm.bank.scorer_name, dict(mm.bank.scorer_params)
+        x_old, d_old = mm.bank.embeddings, mm.bank.domains
+        thr_before = mm.threshold
+    if scorer:
+        name = scorer
+    if scorer_params:
+        params.update(scorer_params)
+    cal_defaults = m.get("calibration") or {}
+    method = method or cal_defaults.get("method", "gamma")
+    q = float(q if q is not None else cal_defaults.get("q", 0.9))
+    max_bank = int(max_bank or m.get("max_bank_size") or DEFAULT_MAX_BANK)
+
+    x_all = np.concatenate([x_old, new])
+    d_all = np.concatenate([d_old.astype("<U6"), np.full(len(new), domain, "<U6")])
+    doms = [d if d else None for d in d_all.tolist()]
+    kept = subsample_bank(x_all, d_all, max_bank, metric=_metric(params), seed=seed)
+    fitted = _fit(name, params, x_all[kept], [doms[i] for i in kept], machine)
+    scores = calibration_scores(fitted, x_all, kept)
+    cal = _calibrate(calibrate, scores, method, q, machine)
+
+    sub = None
+    if len(kept) < len(x_all):
+        sub = {"from": int(len(x_all)), "to": int(len(kept)), "threshold_coreset": cal.threshold}
+        if measure_subsample:
+            full = _fit(name, params, x_all, doms, machine)
+            full_scores = np.asarray(full.loo_scores(), dtype=np.float64)
+            sub["spearman_vs_full"] = spearman(full_scores, scores)
+            sub["threshold_full"] = float(
+                _calibrate(calibrate, full_scores, method, q, machine).threshold
+            )
+            sub["decision_agreement"] = float(
+                np.mean((full_scores > sub["threshold_full"]) == (scores > cal.threshold))
+            )
+
+    bank = Bank(x_all[kept], d_all[kept], name, params, fitted.to_arrays(), scores[kept])
+    event = {
+        "time": utc_now(),
+        "action": "enroll",
+        "domain": domain,
+        "n_added": int(len(new)),
+        "origin": origin,
+        "threshold": float(cal.threshold),
+    }
+    if sub:
+        event["subsample"] = sub
+    new_version = write_machine(pkg, path, machine, bank, cal, event, _before_swap=_before_swap)
+    return EnrollResult(
+        package=path,
+        machine=machine,
+        created=created,
+        n_added=int(len(new)),
+        n_candidates=int(len(x_all)),
+        n_bank=int(len(kept)),
+        threshold=float(cal.threshold),
+        threshold_before=thr_before,
+        model_version=new_version,
+        subsample=sub,
+    )
+
+
+def _fit(name: str, params: dict[str, Any], x: np.ndarray, doms: list, machine: str) -> Any:
+    try:
+        return make_scorer(name, params).fit(x, domains=doms)
+    except ValueError as exc:
+        raise SonitorError(f"machine {machine!r}: cannot fit scorer {name!r}: {exc}") from None
+
+
+def _calibrate(calibrate: Any, scores: np.ndarray, method: str, q: float, machine: str) -> Any:
+    try:
+        return calibrate(scores, method=method, q=q)
+    except ValueError as exc:
+        raise SonitorError(f"machine {machine!r}: cannot calibrate the threshold: {exc}") from None
+
+
+def machine_entry(machine: str, bank: Bank, cal: Any, history: list[dict[str, Any]]) -> dict:
+    """The manifest entry of one machine (file names are fixed by the machine name)."""
+    doms = bank.domains.tolist()
+    return {
+        "bank": f"machines/{machine}/bank.npz",
+        "calibration": f"machines/{machine}/calibration.json",
+        "scorer": bank.scorer_name,
+        "n_bank": len(doms),
+        "n_source": doms.count("source"),
+        "n_target": doms.count("target"),
+        "threshold": float(cal.threshold),
+        "history": history,
+    }
+
+
+def write_machine(
+    pkg: ModelPackage,
+    dest: Path,
+    machine: str,
+    bank: Bank,
+    cal: Any,
+    event: dict[str, Any],
+    *,
+    _before_swap: Any = None,
+) -> str:
+    """Write ``pkg`` with ``machine``'s bank and calibration replaced; returns the new version."""
+    manifest = copy.deepcopy(pkg.manifest)
+    manifest.pop("files", None)
+    old = manifest["machines"].get(machine, {})
+    entry = machine_entry(machine, bank, cal, [*old.get("history", []), event])
+    replaced = {entry["bank"], entry["calibration"], old.get("bank"), old.get("calibration")}
+    manifest["machines"][machine] = entry
+    manifest["modified"] = utc_now()
+
+    def fill(w: PackageWriter) -> None:
+        for rel in pkg.manifest["files"]:
+            if rel not in replaced:
+                w.add_file(rel, pkg.path / rel)
+        save_bank(
+            w.path(entry["bank"]),
+            bank.embeddings,
+            bank.domain_list(),
+            bank.scorer_name,
+            bank.scorer_params,
+            _arrays_obj(bank.scorer_arrays),
+            bank.calibration_scores,
+        )
+        w.write_json(entry["calibration"], cal.to_dict())
+
+    if pkg.archive is None:
+        with PackageWriter(dest) as w:
+            fill(w)
+            w.commit(manifest, before_swap=_before_swap)
+    else:  # rebuild the directory in a temp folder, then replace the archive file atomically
+        with tempfile.TemporaryDirectory(prefix="sonitor-enroll-") as tmp:
+            with PackageWriter(Path(tmp) / "package") as w:
+                fill(w)
+                w.commit(manifest)
+            if _before_swap is not None:
+                _before_swap(Path(tmp) / "package")
+            pack_archive(Path(tmp) / "package", pkg.archive)
+    return ModelPackage.load(dest, check_encoder=False).model_version
+
+
+class _arrays_obj:
+    """Adapter: `save_bank` takes a scorer; here the arrays are already computed."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self._arrays = arrays
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return self._arrays
+
+
+def enroll(
+    package: str | Path,
+    machine: str,
+    audio: Sequence[str | Path] | None = None,
+    *,
+    waveforms: Sequence[tuple[str, np.ndarray]] | None = None,
+    domain: str = "source",
+    threads: int = 1,
+    stride_seconds: float | None = None,
+    **kwargs: Any,
+) -> EnrollResult:
+    """Enrol normal recordings (files/folders, or ``(name, waveform)`` pairs) into ``machine``."""
+    pkg = ModelPackage.load(package)
+    embedder = Embedder(pkg, threads=threads)
+    items: list[tuple[str, np.ndarray]] = list(waveforms or [])
+    files = collect_audio_files(audio) if audio else []
+    if not files and not items:
+        raise AudioError("enroll: no audio given")
+    embs = []
+    for f in files:
+        _, e = embed_waveform(
+            embedder, pkg, load(f, pkg.sample_rate), name=str(f), stride_seconds=stride_seconds
+        )
+        embs.append(e)
+    for name, wave in items:
+        _, e = embed_waveform(
+            embedder, pkg, np.asarray(wave, np.float32), name=name, stride_seconds=stride_seconds
+        )
+        embs.append(e)
+    origin = f"{len(files)} file(s)" if files else ""
+    if items:
+        origin += (", " if origin else "") + ", ".join(n for n, _ in items)
+    del pkg, embedder  # an archive's temporary copy goes away before the rewrite
+    return enroll_embeddings(
+        package, machine, np.concatenate(embs), domain, origin=origin, **kwargs
+    )
+
+
+# --------------------------------------------------------------------------- offline scoring
+
+
+@dataclass
+class FileScore:
+    path: Path
+    score: float
+    decision: int  # 1 = anomalous (score > threshold)
+    threshold: float
+    window_starts: np.ndarray  # seconds
+    window_scores: np.ndarray
+
+
+def score_waveform(
+    embedder: Embedder, pkg: ModelPackage, machine: str, audio: np.ndarray, name: str = "audio"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window (starts in seconds, scores) of one recording, as the daemon computes them."""
+    mm = pkg.machine(machine)
+    min_samples = pkg.window_samples // 2
+    try:
+        starts, emb = embed_recording(
+            embedder, audio, pkg.window_samples, pkg.hop_samples, min_samples=min_samples
+        )
+    except ValueError as exc:
+        raise AudioError(
+            f"{name}: {audio.size / pkg.sample_rate:.2f} s cannot be scored with "
+            f"{pkg.window_seconds:g} s windows (at least half a window is needed): {exc}"
+        ) from None
+    return starts / pkg.sample_rate, mm.score(emb)
+
+
+def score_files(
+    package: str | Path | ModelPackage,
+    machine: str,
+    files: Sequence[str | Path],
+    *,
+    threads: int = 1,
+    aggregate: str = "mean",
+    precision: str | None = None,
+) -> list[FileScore]:
+    """Score recordings offline; a file's score aggregates its windows' (mean or max)."""
+    pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
+    mm = pkg.machine(machine)
+    if aggregate not in ("mean", "max"):
+        raise SonitorError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
+    embedder = Embedder(pkg, threads=threads, precision=precision)
+    out = []
+    for f in collect_audio_files(files):
+        starts, scores = score_waveform(embedder, pkg, machine, load(f, pkg.sample_rate), str(f))
+        s = float(np.mean(scores) if aggregate == "mean" else np.max(scores))
+        out.append(FileScore(f, s, int(s > mm.threshold), mm.threshold, starts, scores))
+    return out

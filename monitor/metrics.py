@@ -1,0 +1,316 @@
+"""Prometheus metrics and the HTTP health endpoint of the daemon.
+
+Naming follows Prometheus conventions (one `sonitor_` prefix, base units, `_total` counters,
+`_info` gauges for build and model metadata). Every metric is declared once in `METRICS`; the
+README table and the end-to-end Prometheus test both read that list, so a metric cannot be
+documented and never recorded. Label sets are initialised to 0 for every configured source at
+start, so dashboards and alert rules see series before the first event.
+
+The server binds 127.0.0.1 by default: metrics reveal plant details and need no remote write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from monitor import __version__
+
+log = logging.getLogger(__name__)
+
+PREFIX = "sonitor_"
+# Stages of one window's way through the pipeline (latency histogram label `stage`).
+STAGES = ("capture_to_window", "frontend", "separator", "encoder", "scoring", "publish")
+SEVERITIES = ("warning", "critical")
+EVENT_TYPES = ("start", "update", "end")
+DROP_REASONS = ("backlog",)
+INVALID_REASONS = ("nonfinite_audio", "nonfinite_score")
+RELOAD_RESULTS = ("success", "failure")
+# Buckets around the real-time budget (a hop of ~1 s): sub-millisecond to 10 s.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # without the prefix; counters without `_total` (prometheus_client appends it)
+    kind: str  # "counter" | "gauge" | "histogram" | "info"
+    labels: tuple[str, ...]
+    help: str
+
+    @property
+    def exposed(self) -> str:
+        """The name a PromQL query uses (counters end in _total, histograms in _count etc.)."""
+        full = PREFIX + self.name
+        return full + "_total" if self.kind == "counter" else full
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("build_info", "info", ("version", "python", "onnxruntime"), "Build of the daemon."),
+    MetricSpec(
+        "model_info", "info", ("model_version", "recipe", "package"), "Loaded model package."
+    ),
+    MetricSpec("source_info", "info", ("source", "machine", "type"), "Configured sources."),
+    MetricSpec("start_time_seconds", "gauge", (), "Unix time the daemon started."),
+    MetricSpec("capture_up", "gauge", ("source",), "1 when the source's capture is healthy."),
+    MetricSpec("capture_samples", "counter", ("source",), "16 kHz samples received per source."),
+    MetricSpec("capture_overflows", "counter", ("source",), "Capture buffer overflows per source."),
+    MetricSpec("capture_reopens", "counter", ("source",), "Device reopen attempts per source."),
+    MetricSpec(
+        "capture_last_sample_timestamp_seconds",
+        "gauge",
+        ("source",),
+        "Unix time audio last arrived from the source.",
+    ),
+    MetricSpec("input_level_dbfs", "gauge", ("source",), "Input RMS level of the last window."),
+    MetricSpec("windows", "counter", ("source",), "Windows scored per source."),
+    MetricSpec(
+        "windows_dropped",
+        "counter",
+        ("source", "reason"),
+        "Windows dropped unscored (backlog: inference fell behind).",
+    ),
+    MetricSpec(
+        "windows_invalid",
+        "counter",
+        ("source", "reason"),
+        "Windows with non-finite audio or score (not scored / not alerted).",
+    ),
+    MetricSpec("pending_windows", "gauge", (), "Windows waiting for inference."),
+    MetricSpec(
+        "processing_lag_seconds",
+        "gauge",
+        ("source",),
+        "Seconds between a window's last sample arriving and its score.",
+    ),
+    MetricSpec(
+        "stage_duration_seconds",
+        "histogram",
+        ("stage",),
+        "Latency per pipeline stage (per window; per batch for separator/encoder).",
+    ),
+    MetricSpec(
+        "last_inference_timestamp_seconds", "gauge", (), "Unix time the last window was scored."
+    ),
+    MetricSpec("score_raw", "gauge", ("source",), "Anomaly score of the last window."),
+    MetricSpec("score_normalised", "gauge", ("source",), "Last score divided by the threshold."),
+    MetricSpec("score_smoothed", "gauge", ("source",), "Smoothed normalised score."),
+    MetricSpec("score_threshold", "gauge", ("source",), "Raw-score threshold in use."),
+    MetricSpec(
+        "alert_active",
+        "gauge",
+        ("source", "severity"),
+        "1 while an event of that severity is open.",
+    ),
+    MetricSpec(
+        "alert_events", "counter", ("source", "type"), "Alert lifecycle events (start/update/end)."
+    ),
+    MetricSpec("source_muted", "gauge", ("source",), "1 while the source is muted (maintenance)."),
+    MetricSpec("clips_written", "counter", (), "Event clips written."),
+    MetricSpec("clips_dropped", "counter", (), "Event clips dropped (writer queue full/failed)."),
+    MetricSpec("clips_deleted", "counter", (), "Event clips deleted by retention."),
+    MetricSpec("clips_disk_bytes", "gauge", (), "Bytes used by event clips."),
+    MetricSpec("mqtt_connected", "gauge", (), "1 while connected to the broker."),
+    MetricSpec("mqtt_outbox_messages", "gauge", (), "Events waiting in the durable outbox."),
+    MetricSpec("mqtt_outbox_dropped", "counter", (), "Events dropped from the full outbox."),
+    MetricSpec("mqtt_published", "counter", (), "Events acknowledged by the broker."),
+    MetricSpec("mqtt_connects", "counter", (), "Successful (re)connections to the broker."),
+    MetricSpec("config_reloads", "counter", ("result",), "Config reloads (SIGHUP or command)."),
+)
+
+
+class _Sync:
+    """Turns a component's cumulative count into counter increments (and survives its reset)."""
+
+    def __init__(self) -> None:
+        self._last: dict[Any, float] = {}
+
+    def inc_to(self, child: Any, key: Any, value: float) -> None:
+        last = self._last.get(key, 0.0)
+        delta = value - last if value >= last else value  # a restarted component starts at 0
+        if delta > 0:
+            child.inc(delta)
+        self._last[key] = value
+
+
+class Metrics:
+    """All daemon metrics on a private registry (tests can build several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        disable_created_metrics()  # `_created` series double the cardinality for no use here
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        if process:
+            ProcessCollector(registry=self.registry)  # process_resident_memory_bytes etc.
+            PlatformCollector(registry=self.registry)
+        self._m: dict[str, Any] = {}
+        for spec in METRICS:
+            name = PREFIX + spec.name
+            if spec.kind == "counter":
+                self._m[spec.name] = Counter(name, spec.help, spec.labels, registry=self.registry)
+            elif spec.kind in ("gauge", "info"):
+                # _info metrics are gauges fixed at 1 (the Prometheus convention for metadata)
+                self._m[spec.name] = Gauge(name, spec.help, spec.labels, registry=self.registry)
+            elif spec.kind == "histogram":
+                self._m[spec.name] = Histogram(
+                    name, spec.help, spec.labels, buckets=LATENCY_BUCKETS, registry=self.registry
+                )
+            else:  # pragma: no cover - table typo
+                raise ValueError(f"unknown metric kind {spec.kind!r}")
+        self._sync = _Sync()
+        self._sources: list[str] = []
+        self._set_build_info()
+        for stage in STAGES:
+            self._m["stage_duration_seconds"].labels(stage=stage)
+        for result in RELOAD_RESULTS:
+            self._m["config_reloads"].labels(result=result)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._m[name]
+
+    def _set_build_info(self) -> None:
+        try:
+            import onnxruntime
+
+            ort = onnxruntime.__version__
+        except ImportError:  # pragma: no cover - a hard dependency
+            ort = "none"
+        self._m["build_info"].labels(
+            version=__version__, python=platform.python_version(), onnxruntime=ort
+        ).set(1)
+
+    # ------------------------------------------------------------------- configuration-driven
+    def init_sources(self, sources: Iterable[tuple[str, str, str]]) -> None:
+        """Create every per-source series at 0: (name, machine, type) per source. Sources no
+        longer configured (after a reload) are removed so stale series do not linger."""
+        sources = list(sources)
+        names = [s[0] for s in sources]
+        for old in set(self._sources) - set(names):
+            self._remove_source(old)
+        self._m["source_info"].clear()
+        for name, machine, kind in sources:
+            self._m["source_info"].labels(source=name, machine=machine, type=kind).set(1)
+            for spec in METRICS:
+                if spec.labels == ("source",) and spec.name != "source_info":
+                    self._m[spec.name].labels(source=name)
+            for reason in DROP_REASONS:
+                self._m["windows_dropped"].labels(source=name, reason=reason)
+            for reason in INVALID_REASONS:
+                self._m["windows_invalid"].labels(source=name, reason=reason)
+            for sev in SEVERITIES:
+                self._m["alert_active"].labels(source=name, severity=sev)
+            for kind_ in EVENT_TYPES:
+                self._m["alert_events"].labels(source=name, type=kind_)
+        self._sources = names
+
+    def _remove_source(self, name: str) -> None:
+        for spec in METRICS:
+            if "source" not in spec.labels or spec.name == "source_info":
+                continue
+            metric = self._m[spec.name]
+            for labels in list(metric._metrics):  # prometheus_client keeps children by label tuple
+                if dict(zip(spec.labels, labels, strict=True)).get("source") == name:
+                    metric.remove(*labels)
+
+    def set_model_info(self, model_version: str, recipe: str, package: str) -> None:
+        info = self._m["model_info"]
+        info.clear()
+        info.labels(model_version=model_version, recipe=recipe, package=package).set(1)
+
+    # ------------------------------------------------------------------------------ helpers
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self._m["stage_duration_seconds"].labels(stage=stage).observe(max(0.0, seconds))
+
+    def sync_counter(self, name: str, value: float, **labels: str) -> None:
+        """Bring counter `name` up to a component's cumulative `value`."""
+        child = self._m[name].labels(**labels) if labels else self._m[name]
+        self._sync.inc_to(child, (name, tuple(sorted(labels.items()))), float(value))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+HealthFn = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, self.server.metrics.render(), CONTENT_TYPE_LATEST)
+        elif path in ("/healthz", "/health"):
+            try:
+                ok, body = self.server.health()
+            except Exception as exc:  # a bug in a health check must still answer
+                log.exception("health check failed")
+                ok, body = False, {"status": "error", "error": str(exc)}
+            data = json.dumps(body, sort_keys=True).encode()
+            self._send(200 if ok else 503, data, "application/json")
+        elif path == "/":
+            self._send(200, b"sonitor: /metrics /healthz\n", "text/plain; charset=utf-8")
+        else:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("http %s - " + format, self.address_string(), *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], metrics: Metrics, health: HealthFn) -> None:
+        super().__init__(addr, _Handler)
+        self.metrics = metrics
+        self.health = health
+
+
+class MetricsServer:
+    """Serves `/metrics` and `/healthz` (200 healthy / 503 not, JSON body) on a thread."""
+
+    def __init__(
+        self, metrics: Metrics, health: HealthFn, host: str = "127.0.0.1", port: int = 9464
+    ) -> None:
+        self._server = _Server((host, port), metrics, health)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="sonitor-http", daemon=True
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=2)

@@ -1,0 +1,312 @@
+"""Encoder inference with onnxruntime alone: the runtime path of the daemon, enrol and score.
+
+Two ways to embed audio, giving the same numbers:
+
+- `Embedder.embed(waves)`: the full graph ``encoder.onnx`` (waveform in, embedding out);
+- the split path for streaming, so the STFT runs once per hop of new audio and not once per
+  window: ``frontend.onnx`` turns audio into mel frames ("valid" framing, no padding: frame i of a
+  chunk is centred on chunk sample ``n_fft // 2 + i * hop_length``), and ``backbone.onnx`` turns
+  the frames of one window into its embedding (per-window dB floor, normalisation, network,
+  pooling). `FrameStream` keeps the few samples of overlap between chunks, so consecutive hops are
+  framed independently and concatenated.
+
+Edge handling. The full graph frames a window like ``torch.stft(center=True)``: frame j is
+centred on sample ``j * hop_length`` and the first/last ``n_fft // 2`` samples are reflected. A
+`FrameStream` reflects only at the start of a stream and, on `flush()`, at its end; a window in
+the middle of a stream gets its first and last ``ceil(n_fft / 2 / hop_length)`` frames (2 of 1001
+for CED) from the real neighbouring audio instead of a reflection. So a file scored as one window
+gives exactly the full graph's numbers, and a window inside a longer recording differs from the
+full graph run on that window alone only in those edge frames (which is the better estimate).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitor.errors import PackageError
+
+_META_FRONTEND = "sonitor.frontend"
+
+
+def session_options(threads: int = 1) -> Any:
+    """One intra-op pool of ``threads``, sequential execution: predictable on a shared PC."""
+    import onnxruntime as ort
+
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
+def open_session(path: str | Path, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(
+            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime's own exception types
+        raise PackageError(f"{path}: cannot load the ONNX model ({exc})") from None
+
+
+class _Graph:
+    """An onnxruntime session with one input and one output."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.path = path
+        self.session = open_session(path, threads)
+        self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {self.input: x})[0]
+
+
+class Embedder:
+    """Embeds waveforms with a package's encoder in onnxruntime (no torch).
+
+    ``package_or_paths``: a `ModelPackage`, a package path, or a mapping with ``encoder`` and
+    optionally ``frontend``, ``backbone`` and ``separator`` ONNX paths (front-end parameters then
+    come from the graphs' metadata, written by `sonitor export`).
+    """
+
+    def __init__(
+        self, package_or_paths: Any, threads: int = 1, precision: str | None = None
+    ) -> None:
+        from monitor.package import ModelPackage
+
+        pkg = package_or_paths
+        if isinstance(pkg, (str, Path)):
+            pkg = ModelPackage.load(pkg)
+        if isinstance(pkg, ModelPackage):
+            paths: dict[str, Path | None] = {
+                "encoder": pkg.encoder_file(precision),
+                "frontend": pkg.frontend_file(),
+                "backbone": pkg.backbone_file(precision),
+                "separator": pkg.separator_path,
+            }
+            frontend: dict[str, Any] | None = dict(pkg.frontend)
+            self.sample_rate = pkg.sample_rate
+            self.embedding_dim: int | None = pkg.embedding_dim
+        elif isinstance(pkg, Mapping):
+            paths = {
+                k: (Path(pkg[k]) if pkg.get(k) else None)
+                for k in ("encoder", "frontend", "backbone", "separator")
+            }
+            if paths["encoder"] is None:
+                raise ValueError("Embedder: the paths mapping needs an 'encoder' entry")
+            frontend = None
+            self.sample_rate = 16000
+            self.embedding_dim = None
+        else:
+            raise TypeError(f"Embedder: expected a ModelPackage, a path or a mapping, got {pkg!r}")
+        self.threads = threads
+        self.encoder = _Graph(paths["encoder"], threads)  # type: ignore[arg-type]
+        self.separator = _Graph(paths["separator"], threads) if paths["separator"] else None
+        self.frontend_graph = _Graph(paths["frontend"], threads) if paths["frontend"] else None
+        self.backbone = _Graph(paths["backbone"], threads) if paths["backbone"] else None
+        if frontend is None:
+            meta = self.encoder.metadata.get(_META_FRONTEND)
+            if meta is None:
+                raise PackageError(f"{paths['encoder']}: no '{_META_FRONTEND}' metadata")
+            frontend = json.loads(meta)
+            self.sample_rate = int(frontend.get("sample_rate", 16000))
+        self.n_fft = int(frontend["n_fft"])
+        self.hop_length = int(frontend["hop_length"])
+        self.n_mels = int(frontend["n_mels"])
+        self.pad = self.n_fft // 2
+
+    # ----------------------------------------------------------------- full graph
+
+    @property
+    def streaming(self) -> bool:
+        """True when the split graphs exist and no separator must see the waveform first."""
+        return self.frontend_graph is not None and self.backbone is not None and not self.separator
+
+    @staticmethod
+    def _batch(x: np.ndarray, ndim: int, what: str) -> tuple[np.ndarray, bool]:
+        x = np.asarray(x, dtype=np.float32)
+        single = x.ndim == ndim - 1
+        if single:
+            x = x[None]
+        if x.ndim != ndim:
+            raise ValueError(f"{what}: expected {ndim - 1} or {ndim} dimensions, got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{what}: input contains NaN or inf")
+        return np.ascontiguousarray(x), single
+
+    def separate(self, waves: np.ndarray) -> np.ndarray:
+        if self.separator is None:
+            return np.asarray(waves, dtype=np.float32)
+        x, single = self._batch(waves, 2, "separate")
+        y = self.separator(x)
+        return y[0] if single else y
+
+    def embed(self, waves: np.ndarray) -> np.ndarray:
+        """``[B, T]`` (or ``[T]``) float32 waveforms -> ``[B, D]`` embeddings (full graph)."""
+        x, _ = self._batch(waves, 2, "embed")
+        if x.shape[1] < self.n_fft:
+            raise ValueError(
+                f"embed: {x.shape[1]} samples is shorter than one frame ({self.n_fft})"
+            )
+        if self.separator is not None:
+            x = np.ascontiguousarray(self.separator(x), dtype=np.float32)
+        return self.encoder(x)
+
+    # ----------------------------------------------------------------- split path
+
+    def frames(self, chunk: np.ndarray) -> np.ndarray:
+        """Audio ``[L]`` or ``[B, L]`` -> mel frames ``[n_mels, F]`` / ``[B, n_mels, F]``.
+
+        Valid framing: ``F = 1 + (L - n_fft) // hop_length``, frame i centred on sample
+        ``n_fft // 2 + i * hop_length``; trailing samples that do not fill a frame are ignored.
+        """
+        if self.frontend_graph is None:
+            raise PackageError("this encoder has no split front-end (frontend.onnx)")
+        x, single = self._batch(chunk, 2, "frames")
+        if x.shape[1] < self.n_fft:
+            raise ValueError(f"frames: a chunk needs >= {self.n_fft} samples, got {x.shape[1]}")
+        out = self.frontend_graph(x)
+        return out[0] if single else out
+
+    def embed_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Mel frames of whole windows ``[B, n_mels, F]`` (or ``[n_mels, F]``) -> ``[B, D]``."""
+        if self.backbone is None:
+            raise PackageError("this encoder has no split backbone (backbone.onnx)")
+        x, _ = self._batch(frames, 3, "embed_frames")
+        if x.shape[1] != self.n_mels:
+            raise ValueError(f"embed_frames: expected {self.n_mels} mel bands, got {x.shape[1]}")
+        return self.backbone(x)
+
+    def frames_per_window(self, n_samples: int) -> int:
+        """Frames of a centred window of ``n_samples`` (1001 for 10 s of CED)."""
+        return 1 + n_samples // self.hop_length
+
+
+class FrameStream:
+    """Streaming front-end of one audio source: frame j is centred on stream sample j * hop.
+
+    `push` returns the frames whose whole support has arrived; `frames_done` counts them, so the
+    frames of the window ``[s, s + N)`` (s, N multiples of the hop) are the stream frames
+    ``s // hop ... (s + N) // hop`` inclusive, complete once ``n_fft // 2`` samples past its end
+    have been pushed.
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        if embedder.frontend_graph is None:
+            raise PackageError("FrameStream needs an encoder with a split front-end")
+        self.embedder = embedder
+        self.hop = embedder.hop_length
+        self.n_fft = embedder.n_fft
+        self.pad = embedder.pad
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._started = False
+        self._finished = False
+        self.samples_in = 0
+        self.frames_done = 0
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Add audio; return the new complete frames ``[n_mels, k]`` (k may be 0)."""
+        if self._finished:
+            raise RuntimeError("FrameStream: push after flush")
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self.samples_in += x.size
+        self._buf = np.concatenate([self._buf, x]) if self._buf.size else x.copy()
+        if not self._started:
+            if self._buf.size <= self.pad:
+                return self._empty()
+            # the stream start is reflected exactly like torch.stft(center=True, "reflect")
+            self._buf = np.concatenate([self._buf[1 : self.pad + 1][::-1], self._buf])
+            self._started = True
+        return self._drain()
+
+    def flush(self) -> np.ndarray:
+        """End of the stream: reflect-pad its end and return the remaining frames."""
+        if self._finished:
+            return self._empty()
+        self._finished = True
+        if not self._started:
+            if self._buf.size <= self.pad:
+                return self._empty()
+            self._buf = np.concatenate([self._buf[1 : self.pad + 1][::-1], self._buf])
+            self._started = True
+        tail = self._buf[-self.pad - 1 : -1][::-1]
+        self._buf = np.concatenate([self._buf, tail])
+        out = self._drain()
+        self._buf = np.zeros(0, dtype=np.float32)
+        return out
+
+    def _drain(self) -> np.ndarray:
+        k = 0 if self._buf.size < self.n_fft else 1 + (self._buf.size - self.n_fft) // self.hop
+        if k == 0:
+            return self._empty()
+        used = self.n_fft + (k - 1) * self.hop
+        out = self.embedder.frames(self._buf[:used])
+        self._buf = self._buf[k * self.hop :]
+        self.frames_done += k
+        return out
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((self.embedder.n_mels, 0), dtype=np.float32)
+
+
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Start samples of the complete windows of a recording (what a live stream would score)."""
+    if n_samples < window:
+        return []
+    return list(range(0, n_samples - window + 1, hop))
+
+
+def embed_recording(
+    embedder: Embedder,
+    audio: np.ndarray,
+    window_samples: int,
+    hop_samples: int,
+    *,
+    batch_size: int = 8,
+    min_samples: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed every window of one recording as the daemon does; returns (starts, embeddings).
+
+    The audio is fed to a `FrameStream` one hop at a time and each window's frames go through the
+    backbone, so the STFT runs once per hop. A recording shorter than one window becomes a single
+    window of its whole length (if it has at least ``min_samples``).
+    """
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
+    starts = window_starts(x.size, window_samples, hop_samples)
+    short = not starts
+    if short:
+        need = min_samples if min_samples is not None else embedder.n_fft
+        if x.size < need:
+            raise ValueError(f"recording of {x.size} samples is shorter than the minimum {need}")
+        starts, window_samples = [0], x.size
+    if not embedder.streaming:
+        wins = np.stack([x[s : s + window_samples] for s in starts])
+        embs = [embedder.embed(wins[i : i + batch_size]) for i in range(0, len(wins), batch_size)]
+        return np.asarray(starts), np.concatenate(embs)
+    if len(starts) > 1 and hop_samples % embedder.hop_length:
+        raise ValueError(
+            f"the window hop ({hop_samples} samples) must be a multiple of the frame hop "
+            f"({embedder.hop_length} samples)"
+        )
+    stream = FrameStream(embedder)
+    parts = [stream.push(x[i : i + hop_samples]) for i in range(0, x.size, hop_samples)]
+    parts.append(stream.flush())
+    frames = np.concatenate(parts, axis=1)
+    n_win_frames = embedder.frames_per_window(window_samples)
+    h = embedder.hop_length
+    wins = np.stack([frames[:, s // h : s // h + n_win_frames] for s in starts])
+    embs = [
+        embedder.embed_frames(wins[i : i + batch_size]) for i in range(0, len(wins), batch_size)
+    ]
+    return np.asarray(starts), np.concatenate(embs)
