@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,10 +146,13 @@ class ExportedEncoder:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _set_metadata(path: Path, meta: dict[str, str]) -> None:
+def _set_metadata(path: Path, meta: dict[str, str], out_dim: int | None = None) -> None:
+    """Write sonitor's metadata and, when known, the static size of the output's last axis."""
     import onnx
 
     proto = onnx.load(str(path))
+    if out_dim is not None:
+        proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value = out_dim
     existing = {p.key: p for p in proto.metadata_props}
     for key, value in meta.items():
         if key in existing:
@@ -166,7 +170,10 @@ def _export(
     dynamic: dict[str, dict[int, str]],
 ) -> None:
     module.eval()
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter is deprecated but is the one that exports our shape arithmetic
+        # at opset 17 (probe 2); its tracer warnings are about the dynamic sizes we verify below
+        warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
                 module,
@@ -220,7 +227,7 @@ def export_encoder(
         ("waveform", "embedding"),
         {"waveform": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}},
     )
-    _set_metadata(full, {**meta, "sonitor.role": "encoder"})
+    _set_metadata(full, {**meta, "sonitor.role": "encoder"}, out_dim=dim)
     frontend = backbone = None
     if spec is not None:
         frontend = out / "frontend.onnx"
@@ -242,7 +249,7 @@ def export_encoder(
             ("frames", "embedding"),
             {"frames": {0: "batch", 2: "frames"}, "embedding": {0: "batch"}},
         )
-        _set_metadata(backbone, {**meta, "sonitor.role": "backbone"})
+        _set_metadata(backbone, {**meta, "sonitor.role": "backbone"}, out_dim=dim)
     else:
         log.warning(
             "%s: no single log-mel front-end found: exporting the full graph only "

@@ -23,6 +23,7 @@ from export.onnx_export import (
     Tolerance,
     check_parity,
     export_encoder,
+    find_frontend,
     torch_embed,
 )
 from monitor import __version__
@@ -103,6 +104,17 @@ def _machine_bank(spec: MachineSpec, max_bank: int, method: str, q: float):
     return Bank(x[kept], doms[kept], name, params, scorer.to_arrays(), scores[kept]), cal
 
 
+def _check_grid(window_s: float, hop_s: float, sample_rate: int, frame_hop: int | None) -> None:
+    """Windows start on STFT frames, so the daemon can reuse frames across windows."""
+    for what, seconds in (("window", window_s), ("hop", hop_s)):
+        n = int(round(seconds * sample_rate))
+        if n <= 0 or (frame_hop and n % frame_hop):
+            raise ExportError(
+                f"{what} of {seconds} s = {n} samples is not a multiple of the frame hop "
+                f"{frame_hop} samples"
+            )
+
+
 def write_package(
     dest: str | Path,
     encoder: ExportedEncoder,
@@ -123,13 +135,7 @@ def write_package(
     archive: str | Path | None = None,
 ) -> Path:
     """Write the package directory ``dest`` atomically (and the archive form if asked)."""
-    for hop_s in (window_seconds, hop_seconds):
-        n = int(round(hop_s * sample_rate))
-        fh = encoder.frontend_params.get("hop_length")
-        if fh and n % fh:
-            raise ExportError(
-                f"window/hop of {hop_s} s = {n} samples is not a multiple of the frame hop {fh}"
-            )
+    _check_grid(window_seconds, hop_seconds, sample_rate, encoder.frontend_params.get("hop_length"))
     if precision == "int8" and int8 is None:
         raise ExportError("precision int8 needs the int8 encoder (--int8)")
     method, q = calibration
@@ -269,6 +275,9 @@ def build_package(
     """
     tol = tolerance or Tolerance()
     win = int(round(window_seconds * sample_rate))
+    spec = find_frontend(model)
+    if spec is not None:  # fail before the (slow) export, not after
+        _check_grid(window_seconds, hop_seconds, sample_rate, spec.params["hop_length"])
     if parity_clips is None:
         parity_clips = synthetic_parity_clips(4, win, sample_rate)
     with tempfile.TemporaryDirectory(prefix="sonitor-export-") as tmp:

@@ -43,13 +43,13 @@ class AlertPolicy:
 
     Defaults, assuming a 1 s hop:
     - ``on_threshold`` 1.0: a window is "above" when its normalised score is >= this.
-    - ``critical_threshold`` 2.0: severity is critical when N of the last M windows are >= this.
+    - ``critical_threshold`` 1.5: severity is critical when N of the last M windows are >= this.
     - ``off_threshold`` 0.8: clearing counts windows strictly below this (hysteresis).
     - ``n_above`` 3 of ``m_windows`` 5: confirmation before an event starts.
-    - ``k_below`` 5: consecutive windows below ``off_threshold`` needed to end an event.
+    - ``k_below`` 3: consecutive windows below ``off_threshold`` needed to end an event.
     - ``min_hold_s`` 10: an event lasts at least this long (unless capture dies or it is muted).
     - ``cooldown_s`` 30: after an end, no new start for this long.
-    - ``update_interval_s`` 60: periodic `update` while active (0 disables).
+    - ``update_interval_s`` 30: periodic `update` while active (0 disables).
     - ``peak_step`` 0.5: `update` when the peak rises this much above the last published one
       (0 disables).
     - ``invalid_limit`` 10: this many consecutive NaN/inf scores end an open event
@@ -59,14 +59,14 @@ class AlertPolicy:
     """
 
     on_threshold: float = 1.0
-    critical_threshold: float = 2.0
+    critical_threshold: float = 1.5
     off_threshold: float = 0.8
     n_above: int = 3
     m_windows: int = 5
-    k_below: int = 5
+    k_below: int = 3
     min_hold_s: float = 10.0
     cooldown_s: float = 30.0
-    update_interval_s: float = 60.0
+    update_interval_s: float = 30.0
     peak_step: float = 0.5
     invalid_limit: int = 10
     capture_alarm_delay_s: float = 0.0

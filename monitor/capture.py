@@ -110,6 +110,19 @@ class SourceState(str, enum.Enum):
     STOPPED = "stopped"  # the manager was stopped
 
 
+# States in which the audio cannot be trusted (alerts pause, a capture alarm is due).
+ALARM_STATES = frozenset(
+    {
+        SourceState.SILENT,
+        SourceState.CLIPPING,
+        SourceState.STALLED,
+        SourceState.MISSING,
+        SourceState.REOPENING,
+        SourceState.ERROR,
+    }
+)
+
+
 @dataclass(frozen=True)
 class SourceHealth:
     """A consistent snapshot of one source, for metrics, MQTT health and alert suppression."""
@@ -294,7 +307,7 @@ class _Source:
     def publish(self, state: SourceState, reason: str, now: float) -> None:
         """Store a new immutable snapshot (readers get it with one attribute read)."""
         if state is not self._state:
-            unhealthy = state not in (SourceState.OK, SourceState.STARTING, SourceState.STOPPED)
+            unhealthy = state in ALARM_STATES
             level = logging.WARNING if unhealthy else logging.INFO
             log.log(level, "source %s: %s -> %s (%s)", self.name, self._state.value,
                     state.value, reason)  # fmt: skip
@@ -319,8 +332,12 @@ class _Source:
         )
 
     def overflow_samples(self) -> int:
-        feed = self._cons_feed
-        return self._overflow_done + (feed.ring.overflow_samples if feed is not None else 0)
+        """Overwritten, never-read samples: finished feeds, the one being read, the newest."""
+        cons, newest = self._cons_feed, self.feed
+        total = self._overflow_done + (cons.ring.overflow_samples if cons is not None else 0)
+        if newest is not None and newest is not cons:
+            total += newest.ring.overflow_samples
+        return total
 
     # ------------------------------------------------------------------ consumer
     def read_new(self) -> tuple[int, np.ndarray]:
@@ -511,6 +528,9 @@ class _DeviceGroup:
         self.next_attempt = 0.0
         self.ever_opened = False
         self.opened_at = 0.0
+        self.problem: str | None = (
+            None  # why the last stream died (kept in reasons until audio flows)
+        )
         self._overflows_before = 0
 
     @property
@@ -574,12 +594,14 @@ class _DeviceGroup:
             s.device_label = f"{dev.label}, channel {s.channel}, {rate} Hz"
             s._last_frames_at = None
             s.feed = feed
-        self.set_transport(SourceState.STARTING, f"opened {dev.label} at {rate} Hz")
+        after = f" (after: {self.problem})" if self.problem else ""
+        self.set_transport(SourceState.STARTING, f"opened {dev.label} at {rate} Hz{after}")
         log.info("sources %s: opened %s at %d Hz", self.label, dev.label, rate)
 
     def _retry_later(self, state: SourceState, reason: str, now: float) -> None:
         delay = self.backoff()
         self.next_attempt = now + delay
+        self.problem = reason
         self.set_transport(state, f"{reason}; retry {self.attempts + 1} in {delay:.1f} s")
 
     def check(self, now: float) -> None:
@@ -595,18 +617,19 @@ class _DeviceGroup:
             last = max((s._last_frames_at or 0.0) for s in self.sources)
             if last and now - last < self.lv.stall_seconds:
                 if all(s.transport is SourceState.STARTING for s in self.sources):
-                    self.attempts = 0  # frames flow again: reset the backoff
+                    self.attempts, self.problem = 0, None  # frames flow: reset the backoff
                     self.set_transport(SourceState.OK, "audio flowing")
                 return
             silent_for = now - (last or self.opened_at)
             if silent_for < self.lv.stall_seconds:
                 return
             why = f"no audio frames for {silent_for:.1f} s"
-        log.warning("sources %s: stalled: %s", self.label, why)
         self.close()
-        self.next_attempt = now  # first retry at once, later ones back off
-        self.attempts = max(self.attempts, 1)
-        self.set_transport(SourceState.STALLED, f"stalled: {why}; reopening")
+        delay = self.backoff() if self.attempts > 0 else 0.0  # a first stall retries at once
+        self.next_attempt = now + delay
+        self.problem = f"stalled: {why}"
+        log.warning("sources %s: %s; reopening in %.1f s", self.label, self.problem, delay)
+        self.set_transport(SourceState.STALLED, f"{self.problem}; reopening in {delay:.1f} s")
 
     def close(self) -> None:
         run, self.run = self.run, None
@@ -638,6 +661,11 @@ def _stream_active(run: _StreamRun) -> bool:
 # ====================================================================== manager
 class CaptureManager:
     """Owns every source, runs the supervisor, and serves 16 kHz audio to the consumer.
+
+    Start once, stop once. Device sources with the same ``device``/``samplerate``/``blocksize``/
+    ``latency`` share one stream. PortAudio is re-initialised (to see hot-plugged devices) only
+    while no stream of this process is open, or when ``/proc/asound/cards`` changes while a
+    device is missing; so keep all device sources in one manager.
 
     Thread use: :meth:`read_new` / :meth:`history` from the consumer (one thread per source),
     :meth:`health` from any thread, :meth:`start` / :meth:`stop` from the owner.
@@ -776,11 +804,13 @@ class CaptureManager:
             s.observe(now)
         for g in self._groups:
             g.check(now)
-        due = [g for g in self._groups if g.run is None and now >= g.next_attempt]
-        if due:
-            self._open_due(due, now)
-        elif any(g.run is None for g in self._groups):
-            self._rescan_if_cards_changed(now)
+        self._publish_all(now)  # a stall is visible before the reopen attempt
+        if any(g.run is None for g in self._groups) and self._cards_changed():
+            self._rescan_all(now)
+        else:
+            due = [g for g in self._groups if g.run is None and now >= g.next_attempt]
+            if due:
+                self._open_due(due, now)
         self._publish_all(now)
 
     def _open_due(self, due: list[_DeviceGroup], now: float) -> None:
@@ -799,40 +829,42 @@ class CaptureManager:
                 return
             cards = devs.read_cards(self._proc_asound, self._sys_sound)
             for g in due:
+                if self._stop.is_set():  # stop() gave up waiting for us: open nothing more
+                    return
                 g.try_open(devices, cards, now)
 
     def _refresh(self, now: float) -> None:
+        self._card_sig = devs.card_signature(self._proc_asound)
         try:
             devs.refresh_portaudio()
             self.rescans += 1
-            self._card_sig = devs.card_signature(self._proc_asound)
         except Exception as exc:  # noqa: BLE001
             log.warning("re-initialising PortAudio failed: %s", exc)
 
-    def _rescan_if_cards_changed(self, now: float) -> None:
-        """A card appeared or vanished while other streams are open: close, re-scan, reopen.
+    def _cards_changed(self) -> bool:
+        return devs.card_signature(self._proc_asound) != self._card_sig
 
-        Re-initialising PortAudio closes every stream, so the healthy ones lose a few tens of
-        milliseconds of audio; without it a re-plugged microphone would never be found again.
+    def _rescan_all(self, now: float) -> None:
+        """A card appeared or vanished while a source waits for its device: re-scan now.
+
+        Re-initialising PortAudio closes every stream, so healthy sources of this manager are
+        closed and reopened at once (a gap of a few tens of milliseconds, counted as a
+        discontinuity); without it a re-plugged microphone would never be found again.
         """
-        sig = devs.card_signature(self._proc_asound)
-        if sig == self._card_sig:
-            return
         with devs.PA_LOCK:
             open_here = [g for g in self._groups if g.run is not None]
-            mine = {g.run for g in open_here}
-            if _OPEN_RUNS - mine:  # streams of another manager in this process: not ours to close
+            if _OPEN_RUNS - {g.run for g in open_here}:
+                self._card_sig = devs.card_signature(self._proc_asound)
+                log.info("sound cards changed, but another capture owns open streams: no re-scan")
                 return
-            log.info("sound card list changed: re-scanning devices (reopening %d stream(s))",
+            log.info("sound cards changed: re-scanning devices (reopening %d stream(s))",
                      len(open_here))  # fmt: skip
             for g in open_here:
                 g.close()
                 g.set_transport(SourceState.REOPENING, "re-scanning devices: sound cards changed")
-            self._refresh(now)
             for g in self._groups:
-                if g.run is None:
-                    g.next_attempt = now
-            self._open_due([g for g in self._groups if g.run is None], now)
+                g.next_attempt = now
+            self._open_due(list(self._groups), now)
 
     def _publish_all(self, now: float) -> None:
         for s in self._sources.values():
@@ -845,6 +877,7 @@ class CaptureManager:
 
 
 __all__ = [
+    "ALARM_STATES",
     "TARGET_RATE",
     "CaptureManager",
     "DeviceSourceSpec",

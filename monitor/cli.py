@@ -20,7 +20,7 @@ from monitor.errors import SonitorError
 Handler = Callable[[argparse.Namespace], int]
 
 # Runtime modules that add subcommands: each has `register(subparsers)`.
-_RUNTIME_COMMAND_MODULES: tuple[str, ...] = ()
+_RUNTIME_COMMAND_MODULES: tuple[str, ...] = ("monitor.cli_daemon",)
 
 
 def _load_plugins(subparsers: argparse._SubParsersAction) -> list[str]:

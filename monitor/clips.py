@@ -194,8 +194,9 @@ class ClipWriter:
 
     def write(self, job: ClipJob) -> Path | None:
         """Write one clip atomically (temporary names, then rename); None if skipped for space."""
-        audio = np.asarray(job.audio, dtype=np.float32).reshape(-1)
-        estimate = 44 + 2 * audio.size + 4096
+        audio = np.nan_to_num(np.asarray(job.audio, dtype=np.float32).reshape(-1))
+        side_text = json.dumps(job.sidecar, indent=2, allow_nan=False) + "\n"
+        estimate = 44 + 2 * audio.size + 256 + len(side_text)  # PCM_16 WAV + header slack
         self.enforce_retention(extra_bytes=estimate)
         if not self._fits(estimate):
             self.skipped_no_space_total += 1
@@ -211,12 +212,13 @@ class ClipWriter:
         side = wav.with_suffix(".json")
         tmp_wav = self.directory / f".{wav.stem}.partial.wav"
         tmp_side = self.directory / f".{wav.stem}.partial.json"
-        _write_wav(tmp_wav, audio, self.policy.sample_rate)
-        tmp_side.write_text(json.dumps(job.sidecar, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp_wav, wav)
-        os.replace(tmp_side, side)
+        tmp_side.write_text(side_text)
+        if audio.size:
+            _write_wav(tmp_wav, audio, self.policy.sample_rate)
+            os.replace(tmp_wav, wav)
+        os.replace(tmp_side, side)  # the sidecar last: its presence means the clip is complete
         self.written_total += 1
-        self.disk_bytes += wav.stat().st_size + side.stat().st_size
+        self.disk_bytes += (wav.stat().st_size if audio.size else 0) + side.stat().st_size
         log.info("clip written: %s (%.1f s)", wav, audio.size / self.policy.sample_rate)
         return wav
 
@@ -312,9 +314,10 @@ class ClipRecorder:
         threshold: float | None = None,
         model_version: str | None = None,
     ) -> str | None:
-        """React to a lifecycle event; return the clip's file name at ``start`` (else None).
+        """React to a lifecycle event; return the clip's file name (for the event payload).
 
-        Capture alarms get no clip (there is no audio worth keeping).
+        Every message of a recorded event (start, update, end) gets the same name; capture
+        alarms get no clip (None: there is no audio worth keeping).
         """
         if event.kind == "capture" or event.source != self.source:
             return None
@@ -324,12 +327,13 @@ class ClipRecorder:
             return self._begin(event, threshold, model_version)
         if self._event is None or event.event_id != self._event.event_id:
             return None
+        name = clip_name(event.event_id)
         if event.type == "end":
             self._end = event
             self._post_left = int(round(self.policy.post_roll_s * self.policy.sample_rate))
             if self._post_left == 0:
                 self._finish()
-        return None
+        return name
 
     def _begin(self, event: AlertEvent, threshold: float | None, version: str | None) -> str:
         sr = self.policy.sample_rate

@@ -260,7 +260,7 @@ class AlertsConfig(Strict):
     critical_threshold: float = Field(
         2.0,
         gt=0.0,
-        description="Severity is critical when N of the last M windows reach this normalised score",
+        description="Critical severity when N of the last M windows reach this normalised score.",
     )
     n_of_m: tuple[int, int] = Field(
         (3, 5), description="[N, M]: raise when N of the last M windows are anomalous."
@@ -366,16 +366,20 @@ class MqttConfig(Strict):
     enabled: bool = Field(False, description="Publish availability, state, events and health.")
     host: str = Field("127.0.0.1", min_length=1, description="Broker host name or address.")
     port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
-    topic_prefix: str = Field(
-        "sonitor",
+    topic_prefix: str | None = Field(
+        None,
         min_length=1,
-        pattern=r"^[^#+\s]+$",
-        description="Topic prefix; topics are <prefix>/<node>/... (no wildcards or spaces).",
+        pattern=r"^[^#+/\s]+(/[^#+/\s]+)*$",
+        description="Topic prefix: topics are <prefix>/availability, <prefix>/<source>/state ... "
+        "null = 'sonitor/<node.name>'. Levels separated by '/', no wildcards or spaces.",
     )
     client_id: str | None = Field(
         None, description="MQTT client id; null = 'sonitor-<node.name>'. Must be unique per broker."
     )
-    qos: Literal[0, 1, 2] = Field(1, description="QoS of events (state and health use it too).")
+    qos: Literal[0, 1, 2] = Field(
+        1, description="QoS of state, health and availability; events always use at least 1."
+    )
+    protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
     keepalive_seconds: int = Field(
         30, ge=5, le=3600, description="Keepalive; the last will fires after ~1.5x this."
     )
@@ -407,6 +411,8 @@ class MqttConfig(Strict):
     def _secrets(self) -> MqttConfig:
         if self.password_env is not None and self.password_file is not None:
             raise ValueError("give either password_env or password_file, not both")
+        if (self.password_env or self.password_file) and not self.username:
+            raise ValueError("a password (password_env / password_file) needs a username")
         if self.reconnect_max_seconds < self.reconnect_min_seconds:
             raise ValueError("reconnect_max_seconds must be >= reconnect_min_seconds")
         return self
@@ -491,6 +497,10 @@ class Config(Strict):
     @property
     def mqtt_client_id(self) -> str:
         return self.mqtt.client_id or f"sonitor-{self.node.name}"
+
+    @property
+    def mqtt_topic_prefix(self) -> str:
+        return self.mqtt.topic_prefix or f"sonitor/{self.node.name}"
 
     def source(self, name: str) -> DeviceSource | FileSource:
         for src in self.sources:

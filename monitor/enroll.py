@@ -36,6 +36,7 @@ from monitor.package import (
     ModelPackage,
     PackageWriter,
     pack_archive,
+    read_manifest,
     save_bank,
     utc_now,
     validate_machine_name,
@@ -139,7 +140,7 @@ def subsample_bank(
     """Indices of a per-domain greedy coreset of at most ``n`` rows (sorted).
 
     Each domain gets a share of ``n`` proportional to its size but at least
-    ``min(size, n // 8)``, so a small target set survives a large source enrolment.
+    ``min(size, n // 4)``, so a small target set survives a large source enrolment whole.
     """
     from monitor.scoring import coreset_subsample
 
@@ -147,7 +148,7 @@ def subsample_bank(
         return np.arange(len(x))
     groups = [np.flatnonzero(domains == d) for d in np.unique(domains)]
     sizes = np.array([len(g) for g in groups])
-    floor = np.minimum(sizes, max(n // 8, 1))
+    floor = np.minimum(sizes, max(n // 4, 1))
     budget = np.minimum(sizes, np.maximum(floor, np.floor(n * sizes / sizes.sum()).astype(int)))
     while budget.sum() > n:  # trim the largest share first
         budget[np.argmax(budget - floor)] -= 1
@@ -217,7 +218,7 @@ class EnrollResult:
 
 
 def enroll_embeddings(
-    package: str | Path,
+    package: str | Path | ModelPackage,
     machine: str,
     embeddings: np.ndarray,
     domain: str = "source",
@@ -238,8 +239,12 @@ def enroll_embeddings(
     validate_machine_name(machine)
     if domain not in DOMAINS:
         raise SonitorError(f"domain must be one of {DOMAINS}, got {domain!r}")
-    path = Path(package)
-    pkg = ModelPackage.load(path)
+    if isinstance(package, ModelPackage):
+        pkg = package
+        path = pkg.archive or pkg.path
+    else:
+        path = Path(package)
+        pkg = ModelPackage.load(path)
     new = np.asarray(embeddings, dtype=np.float32)
     if new.ndim != 2 or new.shape[1] != pkg.embedding_dim or len(new) == 0:
         raise SonitorError(
@@ -270,7 +275,8 @@ def enroll_embeddings(
     d_all = np.concatenate([d_old.astype("<U6"), np.full(len(new), domain, "<U6")])
     doms = [d if d else None for d in d_all.tolist()]
     kept = subsample_bank(x_all, d_all, max_bank, metric=_metric(params), seed=seed)
-    fitted = _fit(name, params, x_all[kept], [doms[i] for i in kept], machine)
+    hint = f"; enrol more normal audio (one embedding per {pkg.window_seconds:g} s window)"
+    fitted = _fit(name, params, x_all[kept], [doms[i] for i in kept], machine, hint)
     scores = calibration_scores(fitted, x_all, kept)
     cal = _calibrate(calibrate, scores, method, q, machine)
 
@@ -314,11 +320,15 @@ def enroll_embeddings(
     )
 
 
-def _fit(name: str, params: dict[str, Any], x: np.ndarray, doms: list, machine: str) -> Any:
+def _fit(
+    name: str, params: dict[str, Any], x: np.ndarray, doms: list, machine: str, hint: str = ""
+) -> Any:
     try:
         return make_scorer(name, params).fit(x, domains=doms)
     except ValueError as exc:
-        raise SonitorError(f"machine {machine!r}: cannot fit scorer {name!r}: {exc}") from None
+        raise SonitorError(
+            f"machine {machine!r}: cannot fit scorer {name!r} on {len(x)} embeddings: {exc}{hint}"
+        ) from None
 
 
 def _calibrate(calibrate: Any, scores: np.ndarray, method: str, q: float, machine: str) -> Any:
@@ -389,7 +399,9 @@ def write_machine(
             if _before_swap is not None:
                 _before_swap(Path(tmp) / "package")
             pack_archive(Path(tmp) / "package", pkg.archive)
-    return ModelPackage.load(dest, check_encoder=False).model_version
+    if pkg.archive is None:
+        return read_manifest(dest)[1][:12]
+    return ModelPackage.load(dest, verify_checksums=False, check_encoder=False).model_version
 
 
 class _arrays_obj:
@@ -434,10 +446,7 @@ def enroll(
     origin = f"{len(files)} file(s)" if files else ""
     if items:
         origin += (", " if origin else "") + ", ".join(n for n, _ in items)
-    del pkg, embedder  # an archive's temporary copy goes away before the rewrite
-    return enroll_embeddings(
-        package, machine, np.concatenate(embs), domain, origin=origin, **kwargs
-    )
+    return enroll_embeddings(pkg, machine, np.concatenate(embs), domain, origin=origin, **kwargs)
 
 
 # --------------------------------------------------------------------------- offline scoring

@@ -41,7 +41,7 @@ STAGES = ("capture_to_window", "frontend", "separator", "encoder", "scoring", "p
 SEVERITIES = ("warning", "critical")
 EVENT_TYPES = ("start", "update", "end")
 DROP_REASONS = ("backlog",)
-INVALID_REASONS = ("nonfinite_audio", "nonfinite_score")
+INVALID_REASONS = ("nonfinite_audio", "nonfinite_score", "silent", "clipped")
 RELOAD_RESULTS = ("success", "failure")
 # Buckets around the real-time budget (a hop of ~1 s): sub-millisecond to 10 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -70,7 +70,18 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("start_time_seconds", "gauge", (), "Unix time the daemon started."),
     MetricSpec("capture_up", "gauge", ("source",), "1 when the source's capture is healthy."),
     MetricSpec("capture_samples", "counter", ("source",), "16 kHz samples received per source."),
-    MetricSpec("capture_overflows", "counter", ("source",), "Capture buffer overflows per source."),
+    MetricSpec(
+        "capture_overflows",
+        "counter",
+        ("source",),
+        "PortAudio input overflows (driver lost audio).",
+    ),
+    MetricSpec(
+        "capture_lost_samples",
+        "counter",
+        ("source",),
+        "Samples overwritten in the capture ring before they were read (daemon too slow).",
+    ),
     MetricSpec("capture_reopens", "counter", ("source",), "Device reopen attempts per source."),
     MetricSpec(
         "capture_last_sample_timestamp_seconds",
@@ -90,7 +101,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "windows_invalid",
         "counter",
         ("source", "reason"),
-        "Windows with non-finite audio or score (not scored / not alerted).",
+        "Windows not scored or not alerted on: non-finite audio or score, silence, clipping.",
     ),
     MetricSpec("pending_windows", "gauge", (), "Windows waiting for inference."),
     MetricSpec(

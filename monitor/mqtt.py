@@ -28,6 +28,7 @@ import math
 import os
 import queue
 import re
+import socket
 import ssl
 import threading
 import time
@@ -287,7 +288,7 @@ class MqttClient:
         self._sid = 0
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
-        self._stopped = threading.Event()
+        self._wake_pending = threading.Event()  # coalesces wake-ups: the queue stays short
         self._backoff = settings.reconnect_min_s
         self._next_attempt = 0.0
         self.last_error: str | None = None
@@ -303,6 +304,7 @@ class MqttClient:
             "retained_published_total": 0,
             "commands_total": 0,
             "command_errors_total": 0,
+            "internal_errors_total": 0,
         }
 
     # ------------------------------------------------------------------ public API
@@ -332,7 +334,7 @@ class MqttClient:
             row = self.outbox.put(topic, encode(payload), max(self.settings.qos, 1), False, created)
             if self.connected:
                 self._live.add(row)
-        self._queue.put(("wake",))
+        self._wake()
         return row
 
     def publish_alert(
@@ -404,33 +406,42 @@ class MqttClient:
         with self._lock:
             self._retained[topic] = payload
             self._dirty.add(topic)
-        self._queue.put(("wake",))
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._wake_pending.is_set():
+            self._wake_pending.set()
+            self._queue.put(("wake",))
 
     def _run(self) -> None:
-        try:
-            while True:
-                session = self._session
-                if session is None and time.monotonic() >= self._next_attempt:
-                    self._session = session = self._open_session()
-                wait = (
-                    0.5 if session is not None else max(0.0, self._next_attempt - time.monotonic())
-                )
+        """Control loop: open sessions, publish, take acks. Survives its own errors (logged)."""
+        while True:
+            try:
+                if self._session is None and time.monotonic() >= self._next_attempt:
+                    self._session = self._open_session()
+                wait = 0.5
+                if self._session is None:
+                    wait = min(wait, max(0.0, self._next_attempt - time.monotonic()))
                 try:
-                    msg = self._queue.get(timeout=min(wait, 0.5))
+                    msg = self._queue.get(timeout=wait)
                 except queue.Empty:
                     continue
                 if msg[0] == "stop":
                     self._shutdown(msg[1])
                     return
                 self._handle(msg)
-        except Exception:  # noqa: BLE001 - the control thread must say why it died
-            log.exception("MQTT control thread crashed")
-            raise
+            except Exception:  # noqa: BLE001 - e.g. a disk error in the outbox: log, go on
+                self.counters["internal_errors_total"] += 1
+                log.exception("MQTT control loop error (continuing)")
+                if self._session is None:
+                    self._schedule_retry()
+                time.sleep(0.1)
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         session = self._session
         if kind == "wake":
+            self._wake_pending.clear()
             if session is not None and session.connected:
                 self._flush_retained(session)
                 self._pump(session)
@@ -478,7 +489,8 @@ class MqttClient:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
         if log.isEnabledFor(logging.DEBUG):  # paho logs routine retries at ERROR level
             client.enable_logger(logging.getLogger("monitor.mqtt.paho"))
-        client.reconnect_delay_set(1, 1)  # only paho's internal wait before it gives up
+        # paho sleeps this long after a failed attempt before its thread ends (we retry ourselves)
+        client.reconnect_delay_set(0.01, 0.01)  # type: ignore[arg-type]
         client.max_inflight_messages_set(_MAX_IN_FLIGHT)
         if s.availability:
             client.will_set(self.topics.availability, AVAILABILITY_OFFLINE, qos=1, retain=True)
@@ -515,7 +527,6 @@ class MqttClient:
 
     def _on_session_up(self, session: _Session) -> None:
         session.connected = True
-        self._connected.set()
         self.counters["connects_total"] += 1
         self._backoff = self.settings.reconnect_min_s
         log.info("MQTT connected to %s as %s", self._where, self.settings.client_id)
@@ -532,7 +543,8 @@ class MqttClient:
                 qos=max(self.settings.qos, 1),
                 retain=True,
             )
-        self._pump(session)
+        self._pump(session)  # the replay goes out before anything new
+        self._connected.set()  # only now: subscribers already find online and the state
         if self._on_connection_change:
             self._on_connection_change(True)
 
@@ -554,17 +566,34 @@ class MqttClient:
         elif reason == "connection failed":  # TCP/TLS level; a refused CONNACK was logged already
             self.counters["connect_failures_total"] += 1
             self._failures += 1
-            self.last_error = f"cannot connect to {self._where}"
+            if self._failures % 10 == 1:  # paho does not say why: find out, now and then
+                self.last_error = f"cannot connect to {self._where}: {self._diagnose()}"
             # The first failure and every 10th after it: a long outage must not flood the journal.
             level = logging.WARNING if self._failures % 10 == 1 else logging.DEBUG
             log.log(
                 level,
-                "MQTT broker %s not reachable (%d attempts); retrying every <= %g s",
-                self._where,
+                "MQTT %s (%d attempts); retrying every <= %g s",
+                self.last_error,
                 self._failures,
                 self.settings.reconnect_max_s,
             )
         self._schedule_retry()
+
+    def _diagnose(self, timeout: float = 1.0) -> str:
+        """Why a connection attempt failed (TCP or TLS), for the log and ``last_error``."""
+        try:
+            sock = socket.create_connection((self.settings.host, self.settings.port), timeout)
+        except OSError as exc:
+            return f"TCP connect failed ({exc.strerror or exc})"
+        with sock:
+            if self._ssl is None:
+                return "TCP connect works; the MQTT handshake failed"
+            try:
+                sock.settimeout(timeout)
+                with self._ssl.wrap_socket(sock, server_hostname=self.settings.host):
+                    return "TLS handshake works; the MQTT handshake failed"
+            except (ssl.SSLError, OSError) as exc:
+                return f"TLS handshake failed ({exc})"
 
     def _schedule_retry(self) -> None:
         self._next_attempt = time.monotonic() + self._backoff

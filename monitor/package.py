@@ -353,7 +353,7 @@ class ModelPackage:
             )
         try:
             scorer = scorer_from_arrays(bank.scorer_arrays)
-        except (KeyError, ValueError, TypeError) as exc:
+        except (PackageError, KeyError, ValueError, TypeError) as exc:
             raise PackageError(
                 f"{bank_path} (machine {name!r}): bad scorer arrays ({exc})"
             ) from None
@@ -371,7 +371,7 @@ class ModelPackage:
             calibration = Calibration.from_dict(cal_dict)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PackageError(f"{cal_path}: not valid JSON ({exc})") from None
-        except (KeyError, TypeError, ValueError) as exc:
+        except (PackageError, KeyError, TypeError, ValueError) as exc:
             raise PackageError(f"{cal_path}: not a threshold calibration ({exc})") from None
         thr = float(calibration.threshold)
         if not math.isfinite(thr) or thr <= 0:
@@ -392,7 +392,10 @@ class ModelPackage:
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise PackageError(f"{path}: not a loadable ONNX model ({exc})") from None
             dim = sess.get_outputs()[0].shape[-1]
-            if isinstance(dim, int) and dim != self.embedding_dim:
+            if not isinstance(dim, int):  # symbolic: fall back on what export recorded
+                meta = sess.get_modelmeta().custom_metadata_map.get("sonitor.embedding_dim", "")
+                dim = int(meta) if meta.isdigit() else None
+            if dim is not None and dim != self.embedding_dim:
                 raise PackageError(
                     f"{path}: wrong embedding size: the graph outputs {dim}, the manifest says "
                     f"embedding_dim = {self.embedding_dim}"

@@ -121,9 +121,10 @@ class Embedder:
                 raise PackageError(f"{paths['encoder']}: no '{_META_FRONTEND}' metadata")
             frontend = json.loads(meta)
             self.sample_rate = int(frontend.get("sample_rate", 16000))
-        self.n_fft = int(frontend["n_fft"])
-        self.hop_length = int(frontend["hop_length"])
-        self.n_mels = int(frontend["n_mels"])
+        # a graph without a log-mel front-end has no framing: the full graph is all there is
+        self.n_fft = int(frontend.get("n_fft", 1))
+        self.hop_length = int(frontend.get("hop_length", 1))
+        self.n_mels = int(frontend.get("n_mels", 1))
         self.pad = self.n_fft // 2
 
     # ----------------------------------------------------------------- full graph

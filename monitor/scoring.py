@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -76,10 +76,15 @@ def _as_matrix(X: ArrayLike, name: str = "X") -> np.ndarray:
     return arr
 
 
-def _domain_codes(domains: Sequence[str] | None, n: int) -> np.ndarray | None:
-    """Domains as uint8 codes (0 = source, 1 = target); None stays None (unknown)."""
+def _domain_codes(domains: Sequence[str | None] | None, n: int) -> np.ndarray:
+    """Domains as uint8 codes (0 = source, 1 = target).
+
+    ``domains=None`` or a None entry means unknown; unknown clips count as source (the bank a
+    plant's own recordings belong to), which only matters for domain-wise rescaling.
+    """
+    codes = np.zeros(n, dtype=np.uint8)
     if domains is None:
-        return None
+        return codes
     if isinstance(domains, str):
         raise ValueError(
             f"domains must be a sequence of 'source'/'target', not the string {domains!r}"
@@ -87,10 +92,11 @@ def _domain_codes(domains: Sequence[str] | None, n: int) -> np.ndarray | None:
     values = list(domains)
     if len(values) != n:
         raise ValueError(f"domains has {len(values)} entries but X has {n} rows")
-    codes = np.empty(n, dtype=np.uint8)
     for i, value in enumerate(values):
+        if value is None:
+            continue
         if value not in DOMAINS:
-            raise ValueError(f"domains[{i}] is {value!r}; expected 'source' or 'target'")
+            raise ValueError(f"domains[{i}] is {value!r}; expected 'source', 'target' or None")
         codes[i] = DOMAINS.index(value)
     return codes
 
@@ -154,7 +160,7 @@ class _Bank:
         return np.sqrt(D, out=D)
 
 
-def _chunks(n_rows: int, n_cols: int):
+def _chunks(n_rows: int, n_cols: int) -> Iterator[slice]:
     """Row slices that keep an [rows, n_cols] float64 block within the memory bound."""
     step = max(1, _CHUNK_ENTRIES // max(n_cols, 1))
     for start in range(0, n_rows, step):
@@ -197,8 +203,8 @@ class Scorer(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def fit(self, X: ArrayLike, domains: Sequence[str] | None = None) -> Scorer:
-        """Fit on normal embeddings ``X`` [N, D]; ``domains`` optional 'source'/'target' per row."""
+    def fit(self, X: ArrayLike, domains: Sequence[str | None] | None = None) -> Scorer:
+        """Fit on normal embeddings ``X`` [N, D]; ``domains``: 'source'/'target'/None per row."""
 
     @abstractmethod
     def score_samples(self, X: ArrayLike) -> np.ndarray:
@@ -209,7 +215,7 @@ class Scorer(ABC):
         """Leave-one-out scores [N_train] of the training embeddings (feed the gamma threshold)."""
 
     @abstractmethod
-    def partial_fit(self, X: ArrayLike, domains: Sequence[str] | None = None) -> Scorer:
+    def partial_fit(self, X: ArrayLike, domains: Sequence[str | None] | None = None) -> Scorer:
         """Add embeddings (enrolment); the result equals fitting on the concatenated data."""
 
     @abstractmethod
@@ -262,7 +268,7 @@ class KNNScorer(Scorer):
     def __repr__(self) -> str:
         return f"KNNScorer(k={self.k}, metric={self.metric!r})"
 
-    def fit(self, X: ArrayLike, domains: Sequence[str] | None = None) -> KNNScorer:
+    def fit(self, X: ArrayLike, domains: Sequence[str | None] | None = None) -> KNNScorer:
         X = _as_matrix(X)
         _domain_codes(domains, X.shape[0])
         if X.shape[0] < self.k + 1:
@@ -275,7 +281,7 @@ class KNNScorer(Scorer):
         self.n_features_in_ = X.shape[1]
         return self
 
-    def partial_fit(self, X: ArrayLike, domains: Sequence[str] | None = None) -> KNNScorer:
+    def partial_fit(self, X: ArrayLike, domains: Sequence[str | None] | None = None) -> KNNScorer:
         """Append embeddings to the bank (exactly equal to fitting on the concatenation)."""
         if not self.is_fitted:
             return self.fit(X, domains)
@@ -332,7 +338,7 @@ class RescaledKNNScorer(Scorer):
     ``domainwise=False``: one pooled bank (source and target together, the paper's setting).
     ``domainwise=True`` (DCASE 2025 "GenRep"): a bank per domain, each rescaled within itself
     with K capped at bank size - 1 (a 10-clip target bank uses K = 9), score = min over banks.
-    With ``domains=None`` every embedding goes to the source bank.
+    Embeddings of unknown domain (``domains=None`` or None entries) go to the source bank.
 
     Cosine: d = (1 - cos)/2 on L2-normalised embeddings; Euclidean: plain distance (utils.py uses
     0.25 * Euclidean; constant factors cancel in d/c).
@@ -362,10 +368,9 @@ class RescaledKNNScorer(Scorer):
     def _k_for(self, n_bank: int) -> int:
         return min(self.k, n_bank - 1) if self.domainwise else self.k
 
-    def fit(self, X: ArrayLike, domains: Sequence[str] | None = None) -> RescaledKNNScorer:
+    def fit(self, X: ArrayLike, domains: Sequence[str | None] | None = None) -> RescaledKNNScorer:
         X = _as_matrix(X)
         codes = _domain_codes(domains, X.shape[0])
-        codes = np.zeros(X.shape[0], np.uint8) if codes is None else codes
         self._validate_sizes(codes)
         scales = np.empty(X.shape[0])
         banks = []
@@ -395,7 +400,13 @@ class RescaledKNNScorer(Scorer):
                     f"bank size - 1, and leave-one-out needs one more); got {n}"
                 )
 
-    def _set_state(self, X, codes, scales, banks=None) -> None:
+    def _set_state(
+        self,
+        X: np.ndarray,
+        codes: np.ndarray,
+        scales: np.ndarray,
+        banks: list[tuple[np.ndarray, _Bank]] | None = None,
+    ) -> None:
         self.bank_ = X.copy() if banks is not None else X
         self.domains_ = codes
         self.scales_ = scales
@@ -404,13 +415,14 @@ class RescaledKNNScorer(Scorer):
         self._banks = banks
         self.n_features_in_ = X.shape[1]
 
-    def partial_fit(self, X: ArrayLike, domains: Sequence[str] | None = None) -> RescaledKNNScorer:
+    def partial_fit(
+        self, X: ArrayLike, domains: Sequence[str | None] | None = None
+    ) -> RescaledKNNScorer:
         """Append embeddings and recompute every c_j (new neighbours change old scales)."""
         if not self.is_fitted:
             return self.fit(X, domains)
         X = self._check_query(X)
         codes = _domain_codes(domains, X.shape[0])
-        codes = np.zeros(X.shape[0], np.uint8) if codes is None else codes
         both = [DOMAINS[c] for c in np.concatenate([self.domains_, codes])]
         return self.fit(np.vstack([self.bank_, X]), both)
 
@@ -534,6 +546,23 @@ def _squared_mahalanobis(X: np.ndarray, location: np.ndarray, precision: np.ndar
     return np.einsum("ij,ij->i", Xc @ precision, Xc)
 
 
+# (log-determinant, location, covariance, support indices) of one C-step run
+_Estimate = tuple[float, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _cstep_distances(X: np.ndarray, location: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Squared distances for the C-steps through the Cholesky factor (several times cheaper
+    than the eigendecomposition behind pinvh); pinvh only when cov is not positive definite.
+    inv(L) + matmul rather than a triangular solve with N right-hand sides: OpenBLAS threads
+    that solve even for tiny D, and on a busy CPU it then runs ~40x slower."""
+    try:
+        L_inv = np.linalg.inv(np.linalg.cholesky(cov))
+    except np.linalg.LinAlgError:
+        return _squared_mahalanobis(X, location, linalg.pinvh(cov))
+    Z = (X - location) @ L_inv.T
+    return np.einsum("ij,ij->i", Z, Z)
+
+
 def _logdet(cov: np.ndarray) -> float:
     sign, logdet = np.linalg.slogdet(cov)
     return float(logdet) if sign > 0 else -np.inf
@@ -546,7 +575,7 @@ def _consistency_factor(n_features: int, alpha: float) -> float:
     return float(alpha / chi2.cdf(q_alpha, n_features + 2))
 
 
-def _c_steps(X: np.ndarray, support: np.ndarray, h: int, max_iter: int):
+def _c_steps(X: np.ndarray, support: np.ndarray, h: int, max_iter: int) -> _Estimate:
     """Concentration steps (Rousseeuw & Van Driessen 1999): the h points closest under the
     current estimate never have a larger covariance determinant, so iterate until it stops
     decreasing. Returns (logdet, location, covariance, support indices)."""
@@ -556,7 +585,7 @@ def _c_steps(X: np.ndarray, support: np.ndarray, h: int, max_iter: int):
     for _ in range(max_iter):
         if np.isinf(det):
             break  # exact fit: the support is degenerate; nothing can be smaller
-        dist = _squared_mahalanobis(X, location, linalg.pinvh(cov))
+        dist = _cstep_distances(X, location, cov)
         new = np.sort(np.argpartition(dist, h - 1)[:h])
         if np.array_equal(new, support):
             break
@@ -580,11 +609,17 @@ def _random_start(X: np.ndarray, h: int, rng: np.random.Generator) -> np.ndarray
         if np.isfinite(_logdet(cov)) or size >= n:
             break
         size += 1
-    dist = _squared_mahalanobis(X, sub.mean(axis=0), linalg.pinvh(cov))
+    dist = _cstep_distances(X, sub.mean(axis=0), cov)
     return np.sort(np.argpartition(dist, h - 1)[:h])
 
 
-def _best_candidates(X, h, starts, rng, iters):
+def _best_candidates(
+    X: np.ndarray,
+    h: int,
+    starts: Sequence[np.ndarray | None],
+    rng: np.random.Generator,
+    iters: int,
+) -> list[_Estimate]:
     """C-steps from each start (a support, or None for a random start), best determinant first."""
     results = []
     for start in starts:
@@ -594,16 +629,18 @@ def _best_candidates(X, h, starts, rng, iters):
     return results
 
 
-def _supports_in(X: np.ndarray, h: int, estimates) -> list[np.ndarray]:
+def _supports_in(X: np.ndarray, h: int, estimates: Sequence[_Estimate]) -> list[np.ndarray]:
     """The h points of X closest under each (location, covariance) estimate."""
     out = []
     for _, loc, cov, _ in estimates:
-        dist = _squared_mahalanobis(X, loc, linalg.pinvh(cov))
+        dist = _cstep_distances(X, loc, cov)
         out.append(np.sort(np.argpartition(dist, h - 1)[:h]))
     return out
 
 
-def _fast_mcd(X: np.ndarray, h: int, rng: np.random.Generator):
+def _fast_mcd(
+    X: np.ndarray, h: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw MCD estimate (location, covariance, support mask) by FastMCD.
 
     Rousseeuw & Van Driessen (1999): many random (p+1)-subset starts, two C-steps each, the ten
@@ -638,7 +675,7 @@ def _fast_mcd(X: np.ndarray, h: int, rng: np.random.Generator):
     return location, cov, mask
 
 
-def _univariate_mcd(x: np.ndarray, h: int):
+def _univariate_mcd(x: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     order = np.argsort(x, kind="stable")
     xs = x[order]
     c1 = np.concatenate([[0.0], np.cumsum(xs)])
@@ -651,7 +688,9 @@ def _univariate_mcd(x: np.ndarray, h: int):
     return np.array([s1[start] / h]), np.array([[max(var[start], 0.0)]]), mask
 
 
-def _mcd_reweight(X: np.ndarray, raw_support: np.ndarray):
+def _mcd_reweight(
+    X: np.ndarray, raw_support: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MinCovDet's steps after FastMCD: scale the raw covariance by the consistency factor for
     alpha = h/N, keep the points whose squared distance is below the chi2(D) 97.5 % quantile,
     and return their mean, their covariance times the factor for alpha = 0.975, and the mask."""
@@ -714,7 +753,7 @@ class MahalanobisScorer(Scorer):
             f"support_fraction={self.support_fraction}, random_state={self.random_state})"
         )
 
-    def fit(self, X: ArrayLike, domains: Sequence[str] | None = None) -> MahalanobisScorer:
+    def fit(self, X: ArrayLike, domains: Sequence[str | None] | None = None) -> MahalanobisScorer:
         X = _as_matrix(X)
         _domain_codes(domains, X.shape[0])
         n, p = X.shape
@@ -763,7 +802,9 @@ class MahalanobisScorer(Scorer):
         self.raw_support_ = raw_support
         self.precision_, self.ridge_ = self._precision(self.covariance_)
 
-    def partial_fit(self, X: ArrayLike, domains: Sequence[str] | None = None) -> MahalanobisScorer:
+    def partial_fit(
+        self, X: ArrayLike, domains: Sequence[str | None] | None = None
+    ) -> MahalanobisScorer:
         """Refit on the stored embeddings plus ``X`` (exactly equal to fitting on both)."""
         if not self.is_fitted:
             return self.fit(X, domains)

@@ -74,8 +74,8 @@ def synthetic_machine_audio(
             ring = np.exp(-np.arange(400) / 60.0) * np.sin(
                 2 * np.pi * 3000 * np.arange(400) / sample_rate
             )
-            x = x + 0.5 * np.convolve(pulses, ring)[:samples]
-            x = x + 0.15 * np.sin(2 * np.pi * rng.uniform(1200, 1800) * t)
+            x = x + 0.8 * np.convolve(pulses, ring)[:samples]
+            x = x + 0.3 * np.sin(2 * np.pi * rng.uniform(1200, 1800) * t)
         out[i] = np.clip(x, -1, 1)
     return out
 

@@ -134,7 +134,13 @@ def test_severity_critical_start_and_escalation_without_deescalation() -> None:
 
 def test_peak_and_periodic_updates() -> None:
     policy = AlertPolicy(
-        n_above=1, m_windows=1, k_below=1, min_hold_s=0.0, update_interval_s=10.0, peak_step=0.5
+        n_above=1,
+        m_windows=1,
+        k_below=1,
+        min_hold_s=0.0,
+        update_interval_s=10.0,
+        peak_step=0.5,
+        critical_threshold=5.0,
     )
     m = AlertMachine("s", policy)
     assert kinds(m.step(T0, 1.2)) == [("anomaly", "start")]

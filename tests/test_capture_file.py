@@ -93,6 +93,21 @@ def test_fast_file_is_lossless_under_backpressure(tmp_path: Path) -> None:
     assert elapsed < 3.0  # 6 s of audio: much faster than real time
 
 
+def test_slow_consumer_overflow_is_counted(tmp_path: Path) -> None:
+    """A paced source does not wait for the consumer: the oldest audio is overwritten, counted."""
+    x = np.random.default_rng(6).uniform(-0.5, 0.5, SR).astype(np.float32)
+    spec = FileSourceSpec("a", write(tmp_path / "a.wav", x), realtime=True, block_s=0.05)
+    with CaptureManager([spec], liveness=FAST, buffer_s=0.2) as m:
+        assert wait_for(lambda: m.source_health("a").overflow_samples > 0, 3)  # before any read
+        assert wait_for(lambda: m.source_health("a").state is SourceState.ENDED, 3)
+        start, y = m.read_new("a")
+    h = m.source_health("a")  # stop() published a final snapshot
+    assert start == 0 and y.size == int(0.2 * SR)  # only the newest 0.2 s survived
+    np.testing.assert_array_equal(y, x[-y.size :])
+    assert h.discontinuities == 1
+    assert h.overflow_samples == x.size - y.size
+
+
 def test_loop_repeats_the_file(tmp_path: Path) -> None:
     x = np.random.default_rng(3).uniform(-0.5, 0.5, SR // 2).astype(np.float32)  # 0.5 s
     spec = FileSourceSpec("a", write(tmp_path / "a.wav", x), realtime=False, loop=True)

@@ -268,7 +268,7 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_ced_checkpoint(tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="junk.pt"):
+    with pytest.raises(CheckpointError, match="junk.pt: neither a torch checkpoint"):
         load_ced_checkpoint(tmp_path / "junk.pt")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="junk.safetensors"):
@@ -291,10 +291,13 @@ def test_pickled_objects_are_not_executed(tmp_path):
 # -- forward ---------------------------------------------------------------------------------
 
 
-def _reference_logits(state: dict[str, torch.Tensor], wave: torch.Tensor) -> torch.Tensor:
+def _reference(
+    state: dict[str, torch.Tensor], wave: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Independent functional CED forward straight from the official names (<= 1012 frames).
 
     Uses torch.stft, F.layer_norm and scaled_dot_product_attention instead of the model's code.
+    Returns the logits and block 0's output tokens.
     """
     d = state["patch_embed.proj.bias"].shape[0]
     heads = {dim: h for dim, h in CED_SIZES.values()}[d]
@@ -330,18 +333,22 @@ def _reference_logits(state: dict[str, torch.Tensor], wave: torch.Tensor) -> tor
             p("mlp.fc2.bias"),
         )
         x = x + h
+        if i == 0:
+            first = x
     x = F.layer_norm(x, (d,), state["norm.weight"], state["norm.bias"], 1e-6).mean(1)
     x = F.layer_norm(x, (d,), state["outputlayer.0.weight"], state["outputlayer.0.bias"], 1e-5)
-    return F.linear(x, state["outputlayer.1.weight"], state["outputlayer.1.bias"])
+    return F.linear(x, state["outputlayer.1.weight"], state["outputlayer.1.bias"]), first
 
 
 def test_forward_matches_independent_reference(tiny, tiny_files):
     x = _wave(3.0, batch=2)
     with torch.no_grad():
         ours = tiny.forward_logits(x)
-        ref = _reference_logits(tiny_files[0], x)
+        tokens = tiny.forward_tokens(x)[0]
+        ref, ref_tokens = _reference(tiny_files[0], x)
     assert ours.shape == (2, 527)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tokens, ref_tokens, rtol=1e-4, atol=1e-4)  # frequency-major order
 
 
 def test_ten_seconds_gives_248_tokens(tiny):
@@ -370,7 +377,8 @@ def test_embedding_pools_selected_blocks(tiny_files):
 
 def test_embedding_independent_of_batch(tiny):
     x = _wave(2.0, batch=3, seed=4)
-    x[1] *= 100.0  # a much louder batch mate must not change the others (per-clip dB floor)
+    x[0, SR:] = 0.0  # digital silence (-100 dB) ...
+    x[1] *= 100.0  # ... must not be lifted by a much louder batch mate (per-clip dB floor)
     with torch.no_grad():
         batched = tiny(x)
         alone = torch.cat([tiny(x[i : i + 1]) for i in range(3)])

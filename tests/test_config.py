@@ -164,16 +164,22 @@ def test_both_secret_references_refused(tmp_path: Path) -> None:
 
 def test_read_password_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SONITOR_TEST_PW", "s3cret")
-    cfg = load_config(write(tmp_path, MINIMAL + "mqtt:\n  password_env: SONITOR_TEST_PW\n"))
+    cfg = load_config(
+        write(tmp_path, MINIMAL + "mqtt:\n  username: u\n  password_env: SONITOR_TEST_PW\n")
+    )
     assert read_password(cfg.mqtt) == "s3cret"
     (tmp_path / "pw.txt").write_text("filepw\nignored\n")
-    cfg = load_config(write(tmp_path, MINIMAL + "mqtt:\n  password_file: pw.txt\n"))
+    cfg = load_config(write(tmp_path, MINIMAL + "mqtt:\n  username: u\n  password_file: pw.txt\n"))
     assert read_password(cfg.mqtt) == "filepw"
     monkeypatch.delenv("SONITOR_TEST_PW")
-    cfg = load_config(write(tmp_path, MINIMAL + "mqtt:\n  password_env: SONITOR_TEST_PW\n"))
+    cfg = load_config(
+        write(tmp_path, MINIMAL + "mqtt:\n  username: u\n  password_env: SONITOR_TEST_PW\n")
+    )
     with pytest.raises(ConfigError, match="SONITOR_TEST_PW"):
         read_password(cfg.mqtt)
-    cfg = load_config(write(tmp_path, MINIMAL + "mqtt:\n  password_file: nope.txt\n"))
+    cfg = load_config(
+        write(tmp_path, MINIMAL + "mqtt:\n  username: u\n  password_file: nope.txt\n")
+    )
     with pytest.raises(ConfigError, match="nope.txt"):
         read_password(cfg.mqtt)
 

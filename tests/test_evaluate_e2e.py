@@ -43,8 +43,9 @@ def test_evaluate_writes_dcase_files_and_metrics(tiny_dataset: Path, tmp_path: P
     extra = ["--epochs", "1"] if recipe in ("dcase_ae", "simclr") else []
     if recipe == "stage1":
         extra = ["--ced-size", "tiny"]
-    r = _run("evaluate", str(tiny_dataset), "--recipe", recipe, "--out", str(out), "--quiet",
-             *extra)
+    r = _run(
+        "evaluate", str(tiny_dataset), "--recipe", recipe, "--out", str(out), "--quiet", *extra
+    )
     assert r.returncode == 0, r.stderr
     assert "official score" in r.stdout
     for m in MACHINES:
@@ -61,8 +62,17 @@ def test_evaluate_writes_dcase_files_and_metrics(tiny_dataset: Path, tmp_path: P
 
 
 def test_evaluate_auto_says_what_it_picked(tiny_dataset: Path, tmp_path: Path):
-    r = _run("evaluate", str(tiny_dataset), "--out", str(tmp_path / "o"), "--quiet",
-             "--epochs", "1", "--machines", "fan")
+    r = _run(
+        "evaluate",
+        str(tiny_dataset),
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+        "--epochs",
+        "1",
+        "--machines",
+        "fan",
+    )
     assert r.returncode == 0, r.stderr
     assert "recipe: simclr (no pretrained CED weights" in r.stdout
 

@@ -140,6 +140,14 @@ def test_domain_without_normal_clips_gives_nan_like_the_evaluator():
     assert math.isnan(machine_scores([0, 0], [0.1, 0.2], ["source"] * 2)["pauc"])
 
 
+def test_unknown_domains_count_as_source():
+    """DCASE 2020 names carry no domain: AUC (source) is the plain AUC, AUC (target) NaN."""
+    y, s = [0, 0, 0, 1, 1], [0.1, 0.4, 0.3, 0.35, 0.9]
+    m = machine_scores(y, s, [None] * 5)
+    assert m["auc_source"] == m["auc_all"] == pytest.approx(5 / 6)
+    assert math.isnan(m["auc_target"]) and m["n_normal_source"] == 3
+
+
 def test_decisions_give_precision_recall_f1_per_domain():
     dec = [0, 0, 0, 1, 0, 1] + [1, 0, 0, 0, 1, 1]  # source: tp 1, fp 1, fn 1; target: 2, 1, 0
     m = machine_scores(LABELS, SCORES, DOMS, decisions=dec)

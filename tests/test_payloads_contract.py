@@ -136,11 +136,11 @@ def test_health_payload_contract() -> None:
 
 
 def test_availability_and_topics_and_verbs() -> None:
-    assert [
+    assert CONTRACT["availability"] == [
         payloads.AVAILABILITY_ONLINE,
         payloads.AVAILABILITY_OFFLINE,
         payloads.AVAILABILITY_STOPPED,
-    ] == CONTRACT["availability"]
+    ]
     t = Topics("plant/sonitor")
     fmt = {"prefix": "plant/sonitor", "source": "pump1", "verb": "mute"}
     spec = {k: v.format(**fmt) for k, v in CONTRACT["topics"].items()}

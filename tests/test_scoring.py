@@ -160,6 +160,17 @@ def test_loo_rescaled_differs_from_keeping_fitted_scales():
     assert loo[1] < naive  # c_0 grows without y_1, so y_1's LOO score is smaller
 
 
+def test_unknown_domains_join_the_source_bank(data):
+    X, Q = data
+    known = ["source"] * 26 + ["target"] * 4
+    mixed = [None] * 26 + ["target"] * 4
+    a = RescaledKNNScorer(k=3, domainwise=True).fit(X, known)
+    b = RescaledKNNScorer(k=3, domainwise=True).fit(X, mixed)
+    np.testing.assert_array_equal(a.score_samples(Q), b.score_samples(Q))
+    c = RescaledKNNScorer(k=3, domainwise=True).fit(X)  # all unknown: one bank
+    np.testing.assert_allclose(c.score_samples(Q), RescaledKNNScorer(k=3).fit(X).score_samples(Q))
+
+
 def test_rescaling_puts_sparse_target_on_the_source_scale():
     """Dense source cluster, ~10 sparse target refs: plain k-NN scores normal target clips far
     higher than normal source clips; rescaling (pooled and domain-wise) brings them together."""
@@ -329,6 +340,29 @@ def test_robust_univariate_is_exact_mcd():
 
 
 # ---------------------------------------------------------------------------------------------
+# every scorer
+
+
+@pytest.mark.parametrize("name", SCORER_NAMES)
+def test_higher_score_means_more_anomalous(name):
+    rng = np.random.default_rng(12)
+    X, Q = 3 + 0.3 * rng.standard_normal((30, 5)), 3 + 0.3 * rng.standard_normal((10, 5))
+    far = np.array([[3.0, -3.0, 3.0, -3.0, 3.0]])  # far in both direction and distance
+    s = make_scorer(name).fit(X, domains_for(30))
+    assert s.score_samples(far)[0] > s.score_samples(Q).max()
+
+
+@pytest.mark.parametrize("name", SCORER_NAMES)
+def test_loo_is_positive_and_never_self(name, data):
+    X, _ = data
+    s = make_scorer(name).fit(X, domains_for(30))
+    loo = s.loo_scores()
+    assert loo.shape == (30,) and np.all(loo > 0)
+    if "knn" in name:  # in-sample every bank point finds itself at distance 0
+        np.testing.assert_allclose(s.score_samples(X), 0.0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
 # partial_fit, persistence, registry
 
 
@@ -418,7 +452,7 @@ def test_bad_inputs(name, data):
         s.fit(np.array([["a", "b"]]))
     with pytest.raises(ValueError, match="domains has 2 entries"):
         s.fit(X, ["source", "target"])
-    with pytest.raises(ValueError, match=r"domains\[1\] is 'tgt'"):
+    with pytest.raises(ValueError, match=r"domains\[1\] is 'tgt'; expected 'source', 'target'"):
         s.fit(X, ["source", "tgt"] + ["source"] * 28)
     s.fit(X)
     with pytest.raises(ValueError, match="3 features but the scorer was fitted on 5"):

@@ -13,12 +13,16 @@ Use it from another test module::
 
     from virtual_audio import VirtualAudio, pulse_env, requires_pulseaudio  # noqa: F401
 
-``pulse_env`` is a module-scoped fixture: it starts a server, points this process's libpulse at it
-(``PULSE_SERVER``, ``PULSE_SOURCE``, ``PULSE_SINK``) and yields the :class:`VirtualAudio`.
+``pulse_env`` is a module-scoped fixture: it starts a server with a stereo 16 kHz null sink (mono
+playback reaches both channels, a mono capture gets the same level), points this process's libpulse
+at it (``PULSE_SERVER``, ``PULSE_SOURCE``, ``PULSE_SINK``) and yields the :class:`VirtualAudio`.
+A daemon started as a subprocess inherits these variables.
 """
 
 from __future__ import annotations
 
+import ctypes.util
+import glob
 import os
 import shutil
 import signal
@@ -33,12 +37,25 @@ import pytest
 
 SINK = "vsink"
 SINK_RATE = 16000
-HAVE_PULSEAUDIO = all(shutil.which(t) for t in ("pulseaudio", "pacat", "pactl"))
 
-requires_pulseaudio = pytest.mark.skipif(
-    not HAVE_PULSEAUDIO,
-    reason="needs the pulseaudio and pulseaudio-utils Debian packages (pulseaudio, pacat, pactl)",
+
+def _missing_parts() -> list[str]:
+    """What real capture through PulseAudio needs on this machine and is not there."""
+    missing = [t for t in ("pulseaudio", "pacat", "pactl") if shutil.which(t) is None]
+    if not glob.glob("/usr/lib*/**/alsa-lib/libasound_module_pcm_pulse.so", recursive=True):
+        missing.append("ALSA pulse plugin (libasound2-plugins)")
+    if ctypes.util.find_library("portaudio") is None:
+        missing.append("PortAudio (libportaudio2)")
+    return missing
+
+
+MISSING = _missing_parts()
+HAVE_PULSEAUDIO = not MISSING
+SKIP_REASON = (
+    "real capture needs pulseaudio, pulseaudio-utils, libasound2-plugins and libportaudio2; "
+    f"missing: {', '.join(MISSING)}"
 )
+requires_pulseaudio = pytest.mark.skipif(not HAVE_PULSEAUDIO, reason=SKIP_REASON)
 
 
 class VirtualAudioError(RuntimeError):
@@ -234,8 +251,8 @@ def _end_process(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> N
 def pulse_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualAudio]:
     """A running private server with this process's libpulse pointed at it (module scope)."""
     if not HAVE_PULSEAUDIO:
-        pytest.skip("needs the pulseaudio and pulseaudio-utils Debian packages")
-    va = VirtualAudio(tmp_path_factory.mktemp("pulse"))
+        pytest.skip(SKIP_REASON)
+    va = VirtualAudio(tmp_path_factory.mktemp("pulse"), channels=2)
     saved = {k: os.environ.get(k) for k in va.env}
     os.environ.update(va.env)  # putenv: libpulse in PortAudio's ALSA plugin reads these
     try:

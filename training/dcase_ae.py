@@ -13,6 +13,7 @@ CPU note: an epoch over N 10 s clips is N * 309 vectors; see the report for time
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -90,12 +91,14 @@ def train_autoencoder(
     seed: int = 0,
     progress: bool = True,
     validation_split: float = VALIDATION_SPLIT,
+    on_epoch: Callable[[int, DcaseAutoencoder], None] | None = None,
 ) -> tuple[DcaseAutoencoder, dict[str, Any]]:
     """Train the baseline autoencoder on normal clips [N, samples]; return (model, history).
 
     `history` holds per-epoch `loss` (train MSE) and `val_loss` (held-out vectors), plus the
     hyper-parameters. The vectors are gathered per batch from the cached log-mels, so memory is
-    that of the log-mels, not 5x more.
+    that of the log-mels, not 5x more. `on_epoch(epoch, model)` is called after each epoch
+    (1-based; the model is in eval mode during the call), e.g. to score a validation set.
     """
     if epochs < 1 or batch_size < 2 or lr <= 0 or not 0 <= validation_split < 1:
         raise ValueError(
@@ -133,6 +136,9 @@ def train_autoencoder(
             bar.set_postfix(loss=loss.item())
         row = logger.end_epoch(val_loss=_mean_mse(model, frames, val_idx, per_clip, dev))
         log.debug("dcase_ae epoch %d: %s", epoch + 1, row)
+        if on_epoch is not None:
+            model.eval()
+            on_epoch(epoch + 1, model)
     model.eval()
     history: dict[str, Any] = {
         **logger.history,

@@ -45,14 +45,15 @@ OFFICIAL_KEYS = ("auc_source", "auc_target", "pauc")
 OFFICIAL_ROW = "official score"
 
 
-def _validated(y_true: ArrayLike, y_score: ArrayLike, domains: Sequence[str]):
+def _validated(y_true: ArrayLike, y_score: ArrayLike, domains: Sequence[str | None]):
     y = np.asarray(y_true)
     s = np.asarray(y_score)
     if y.ndim != 1 or s.ndim != 1:
         raise ValueError(f"y_true and y_score must be 1-D; got shapes {y.shape} and {s.shape}")
     if isinstance(domains, str):
         raise ValueError("domains must be a sequence of 'source'/'target', not one string")
-    d = np.asarray(list(domains), dtype=object)
+    # None = unknown (DCASE 2020 names carry no domain): such clips count as source.
+    d = np.asarray(["source" if v is None else v for v in domains], dtype=object)
     if not len(y) == len(s) == len(d):
         raise ValueError(
             f"y_true, y_score and domains differ in length: {len(y)}, {len(s)}, {len(d)}"
@@ -70,7 +71,7 @@ def _validated(y_true: ArrayLike, y_score: ArrayLike, domains: Sequence[str]):
         raise ValueError(f"y_score[{i}] is {s[i]}; anomaly scores must be finite")
     for i, value in enumerate(d):
         if value not in DOMAINS:
-            raise ValueError(f"domains[{i}] is {value!r}; expected 'source' or 'target'")
+            raise ValueError(f"domains[{i}] is {value!r}; expected 'source', 'target' or None")
     return y.astype(np.int64), s, d
 
 
@@ -84,15 +85,17 @@ def _auc(y: np.ndarray, s: np.ndarray, max_fpr: float | None = None) -> float:
 def machine_scores(
     y_true: ArrayLike,
     y_score: ArrayLike,
-    domains: Sequence[str],
+    domains: Sequence[str | None],
     max_fpr: float = MAX_FPR,
     decisions: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """AUC (source), AUC (target), pAUC and counts for one machine type (one section).
 
     ``y_true``: 1 = anomaly, 0 = normal; ``y_score``: higher = more anomalous; ``domains``:
-    'source'/'target' per clip. With ``decisions`` (0/1 per clip, e.g. score > threshold) adds
-    the evaluator's precision, recall and F1 per domain (over that domain's clips).
+    'source'/'target' per clip, None (unknown, e.g. DCASE 2020 names) counting as source, so
+    single-domain data gets AUC (source) = plain AUC and AUC (target) = NaN. With
+    ``decisions`` (0/1 per clip, e.g. score > threshold) adds the evaluator's precision, recall
+    and F1 per domain (over that domain's clips).
     """
     if not 0 < max_fpr <= 1:
         raise ValueError(f"max_fpr must be in (0, 1]; got {max_fpr!r}")

@@ -63,6 +63,16 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = TEMPERATURE
     return F.cross_entropy(sim, positives)
 
 
+def warm_restarts(
+    opt: torch.optim.Optimizer, total_steps: int, restarts: int = RESTARTS
+) -> tuple[torch.optim.lr_scheduler.CosineAnnealingWarmRestarts, int]:
+    """Cosine annealing with `restarts` warm restarts spread evenly over `total_steps` batches."""
+    if restarts < 0:
+        raise ValueError(f"restarts must be >= 0, got {restarts}")
+    cycle = max(1, math.ceil(total_steps / (restarts + 1)))
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cycle, T_mult=1), cycle
+
+
 class FFTLogMel:
     """The encoder's `LogMel` computed with `torch.stft`: same numbers, ~10x faster for n_fft 2048.
 
@@ -175,6 +185,8 @@ def train_simclr(
     `seconds` and the hyper-parameters. `crop_seconds=None` trains on whole clips.
     """
     arr = _check(waves, batch_size, epochs, temperature, lr)
+    if crop_seconds is not None and not crop_seconds > 0:
+        raise ValueError(f"train_simclr: crop_seconds must be > 0 or None, got {crop_seconds}")
     if embedding not in ("encoder", "projection"):
         raise ValueError(
             f"train_simclr: embedding must be 'encoder' or 'projection', got {embedding!r}"
@@ -194,8 +206,6 @@ def train_simclr(
     total_frames = cache.logmel.shape[2]
     frames = total_frames
     if crop_seconds is not None:
-        if crop_seconds <= 0:
-            raise ValueError(f"train_simclr: crop_seconds must be > 0 or None, got {crop_seconds}")
         frames = min(total_frames, int(round(crop_seconds * fe.SAMPLE_RATE / fast_full.hop)) + 1)
     augmenter = Augmenter(
         fe.mel_filterbank(fe.LOGMEL_N_FFT, fe.LOGMEL_N_MELS, htk=False, norm="slaney"),
@@ -210,12 +220,11 @@ def train_simclr(
     bs = min(batch_size, n)
     steps_per_epoch = n // bs  # drop the ragged last batch: it would have few negatives
     total_steps = steps_per_epoch * epochs
-    cycle = max(1, math.ceil(total_steps / (restarts + 1)))
     encoder.to(dev).train()
     head.to(dev).train()
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cycle, T_mult=1)
+    sched, cycle = warm_restarts(opt, total_steps, restarts)
     logger = EpochLogger()
     for epoch in range(epochs):
         order = torch.randperm(n, generator=gen).numpy()

@@ -254,10 +254,10 @@ def background(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
         rumble = _shaped_noise(rng, n, lambda f: 1 / np.maximum(f, 30.0))
         hiss = _shaped_noise(rng, n, _band(500, 6000))
         clanks = np.zeros(n)
-        hits = rng.integers(0, n, rng.poisson(0.6 * n / SR))
+        hits = rng.integers(0, n, rng.poisson(0.3 * n / SR))
         clanks[hits] = rng.uniform(0.5, 2.0, hits.size)
         tk = np.arange(int(0.05 * SR)) / SR
-        ring = np.exp(-tk / 0.01) * np.sin(2 * np.pi * rng.uniform(900, 2500) * tk)
+        ring = np.exp(-tk / 0.01) * np.sin(2 * np.pi * 1700 * tk)
         clank = oaconvolve(clanks, ring)[:n]
         return _unit(0.5 * _unit(hum) + _unit(rumble) + 0.3 * hiss + 0.5 * clank)
     if kind == "babble":
@@ -278,14 +278,19 @@ def background(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------- one clip
 
 
-def draw_fault(spec: ClipSpec) -> dict:
+def draw_fault(spec: ClipSpec, kind: str | None = None, severity: float | None = None) -> dict:
     """The fault of an anomalous clip: type, severity in [0, 1] and its parameters.
 
-    Drawn from the clip's own generator (stream 2); `difficulty` divides every deviation.
+    Drawn from the clip's own generator (stream 2); `kind`/`severity` force them (tests, demos).
+    `difficulty` divides every deviation.
     """
     rng = spec.rng(2)
-    kind = ANOMALY_TYPES[int(rng.integers(len(ANOMALY_TYPES)))]
-    sev = float(rng.uniform(0, 1))
+    drawn_kind = ANOMALY_TYPES[int(rng.integers(len(ANOMALY_TYPES)))]
+    drawn_sev = float(rng.uniform(0, 1))
+    kind = kind or drawn_kind
+    sev = drawn_sev if severity is None else float(severity)
+    if kind not in ANOMALY_TYPES:
+        raise DataError(f"unknown anomaly type {kind!r}; use one of {ANOMALY_TYPES}")
     d = spec.difficulty
     f: dict = {"type": kind, "severity": sev}
     if kind == "bearing":  # race defect: non-integer order, ringing a structural resonance
@@ -293,12 +298,12 @@ def draw_fault(spec: ClipSpec) -> dict:
             order=rng.uniform(2.8, 5.6),
             hz=rng.uniform(2000, 6000),
             ms=rng.uniform(0.4, 1.5),
-            gain=_db(-22 + 22 * sev) / d,
+            gain=_db(-16 + 20 * sev) / d,
         )
     elif kind == "imbalance":  # once-per-revolution modulation, growing 1x component
         f.update(
-            depth=(0.05 + 0.35 * sev) / d,
-            boost_db=(4 + 12 * sev) / d,
+            depth=(0.1 + 0.4 * sev) / d,
+            boost_db=(6 + 12 * sev) / d,
             phase=rng.uniform(0, 2 * np.pi),
         )
     elif kind == "rubbing":  # band-limited bursts once per revolution (or every other one)
@@ -306,34 +311,40 @@ def draw_fault(spec: ClipSpec) -> dict:
             hz=rng.uniform(1500, 5000),
             duty=rng.uniform(0.1, 0.35),
             every=int(rng.choice([1, 2])),
-            gain=_db(-20 + 20 * sev) / d,
+            gain=_db(-14 + 18 * sev) / d,
         )
     else:  # harmonics: one harmonic shifts or fades, or an extra tone appears
         f.update(
             mode=str(rng.choice(["shift", "missing", "extra"])),
             pick=float(rng.random()),
             sign=float(rng.choice([-1, 1])),
-            delta=(0.02 + 0.06 * sev) / d,
-            cut_db=(6 + 24 * sev) / d,
-            gain=_db(-20 + 18 * sev) / d,
+            delta=(0.03 + 0.07 * sev) / d,
+            cut_db=(10 + 20 * sev) / d,
+            gain=_db(-14 + 16 * sev) / d,
         )
     return f
 
 
-def render_clip(spec: ClipSpec) -> np.ndarray:
-    """Render one clip (float32 at 16 kHz) exactly as `generate_dataset` writes it."""
+def render_clip(spec: ClipSpec, fault: dict | None | str = "auto") -> np.ndarray:
+    """Render one clip (float32 at 16 kHz) exactly as `generate_dataset` writes it.
+
+    `fault`: "auto" draws it for anomalous clips; None renders the clip's normal twin (same
+    machine, noise and gain draws, no fault); a dict from `draw_fault` forces one.
+    """
     n = int(round(spec.seconds * SR))
     rng = spec.rng(1)
-    if spec.label == "noise":
-        return np.clip(0.05 * background(spec.noise, rng, n), -1, 1).astype(np.float32)
-    fault = draw_fault(spec) if spec.label == "anomaly" else None
+    lo, hi = (3.0, 9.0) if spec.domain == "source" else (0.0, 6.0)  # SNR range, dB
+    if spec.label == "noise":  # at the level it has behind the machine in the mixtures
+        x = background(spec.noise, rng, n) * 0.05 * _db(-rng.uniform(lo, hi))
+        return np.clip(x, -1, 1).astype(np.float32)
+    if isinstance(fault, str):
+        fault = draw_fault(spec) if spec.label == "anomaly" else None
     x, rms = _machine(spec, recipe_for(spec.machine), rng, n, fault)
     if spec.noise == "none":
         x = x + 1e-4 * rms * rng.standard_normal(n)  # microphone self-noise only
     else:
-        lo, hi = (4.0, 10.0) if spec.domain == "source" else (-2.0, 4.0)
         x = x + background(spec.noise, rng, n) * rms * _db(-rng.uniform(lo, hi))
-    gain = 0.05 / rms * _db(rng.normal(0, 1.0))  # machine at about -26 dBFS
+    gain = 0.05 / rms * _db(rng.normal(0, 0.5))  # machine at about -26 dBFS
     return np.clip(x * gain, -1, 1).astype(np.float32)
 
 
@@ -344,12 +355,12 @@ def _machine(spec: ClipSpec, r: Recipe, rng: np.random.Generator, n: int, fault:
     phase_rev = np.cumsum(f_rot * (1 + _slow_curve(rng, n, 2.0, 0.003))) / SR + rng.uniform()
     w = 2 * np.pi * phase_rev
     load = (spec.load - 60) / 40  # higher load: brighter harmonics, louder
-    strong = [k for k, level in r.harmonics if level >= -10]  # a change must be audible
+    strong = [k for k, lv in r.harmonics if lv >= -10 and k >= 2]  # audible, not subsonic
     victim = strong[int(f.get("pick", 0) * len(strong))] if f["type"] == "harmonics" else None
     tones = np.zeros(n)
     for k, level in r.harmonics:
         tilt = 6.0 * load * np.log2(max(k, 1) / r.pass_order)
-        a = _db(level + tilt + rng.normal(0, 1.5))
+        a = _db(level + tilt + rng.normal(0, 1.0))
         phi = rng.uniform(0, 2 * np.pi)
         kk = k
         if f["type"] == "imbalance" and k == 1:
@@ -363,12 +374,13 @@ def _machine(spec: ClipSpec, r: Recipe, rng: np.random.Generator, n: int, fault:
     scale = spec.speed / r.rpm
     flow = _shaped_noise(rng, n, _band(r.flow_band[0] * scale, r.flow_band[1] * scale))
     flow *= 1 + r.flow_am * np.sin(r.pass_order * w)
-    x = tones + flow * rms_t * _db(r.flow_db + 3 * load + rng.normal(0, 1.0))
+    x = tones + flow * rms_t * _db(r.flow_db + 3 * load + rng.normal(0, 0.7))
     if r.impact_rate > 0:
         imp = _unit(_impacts(rng, phase_rev, r.impact_rate, r.impact_hz, r.impact_ms))
-        x = x + imp * rms_t * _db(r.impact_db + rng.normal(0, 1.5))
+        x = x + imp * rms_t * _db(r.impact_db + rng.normal(0, 1.0))
     x *= _db(4 * load)
     rms = float(np.sqrt(np.mean(x**2)))
+    rng = spec.rng(3)  # the fault's own randomness: the normal twin's draws stay identical
     if f["type"] == "imbalance":
         x = x * (1 + f["depth"] * np.sin(w + f["phase"]))
     elif f["type"] == "bearing":
@@ -461,7 +473,7 @@ def _render_and_write(args: tuple[str, list[ClipSpec]]) -> int:
     return len(specs)
 
 
-def _check_params(machines, counts: dict[str, int], seconds: float, workers: int, difficulty):
+def _check_params(machines, counts: dict[str, int], seconds, seed, workers, difficulty) -> None:
     if not machines:
         raise DataError("machines: give at least one machine type")
     for m in machines:
@@ -472,6 +484,8 @@ def _check_params(machines, counts: dict[str, int], seconds: float, workers: int
     for name, v in counts.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise DataError(f"{name} must be a whole number >= 0, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"seed must be a whole number >= 0, got {seed!r}")
     if not seconds > 0:
         raise DataError(f"seconds must be > 0, got {seconds!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -522,7 +536,7 @@ def generate_dataset(
         "n_test_per_group": n_test_per_group,
         "n_supplemental": n_supplemental,
     }
-    _check_params(machines, counts, seconds, workers, difficulty)
+    _check_params(machines, counts, seconds, seed, workers, difficulty)
     out = Path(out_dir)
     _prepare_out(out, overwrite)
     specs = plan(machines, seconds=seconds, seed=seed, difficulty=difficulty, **counts)

@@ -160,15 +160,19 @@ class CED(nn.Module):
     def _chunks(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised log-mel cut into chunks: ``[n * B, 1, 64, L]`` (chunk-major) and n.
 
-        L = min(frames, 1012); written with tensor shape arithmetic so ONNX tracing keeps it
-        dynamic (one graph serves short and long inputs).
+        L = min(frames, 1012). The size arithmetic stays symbolic under both ONNX exporters
+        (traced tensors for TorchScript, SymInts for torch.export), so one graph serves short
+        and chunked inputs.
         """
         self._check_length(waveform)
         x = self.init_bn(self.front_end(waveform).unsqueeze(1))  # [B, 1, 64, T]
         b, _, f, t = x.shape
-        t = torch.as_tensor(t)
-        length = torch.clamp(t, max=fe.CED_TARGET_FRAMES)
-        n = torch.div(t + length - 1, length, rounding_mode="floor")
+        if torch.jit.is_tracing():  # TorchScript ONNX export: sizes as traced tensors
+            t = torch.as_tensor(t)
+            length = torch.clamp(t, max=fe.CED_TARGET_FRAMES)
+        else:  # eager ints, or symbolic ints under torch.export
+            length = torch.sym_min(t, fe.CED_TARGET_FRAMES)
+        n = (t + length - 1) // length
         x = torch.cat(
             [x, torch.zeros(b, 1, f, n * length - t, dtype=x.dtype, device=x.device)], dim=-1
         )
@@ -309,18 +313,22 @@ def _hf_to_pt(key: str) -> str:
     return key
 
 
-def _looks_like_safetensors(path: Path) -> bool:
-    """safetensors files start with an 8-byte header length, then the JSON header's '{'."""
+def _file_kind(path: Path) -> str:
+    """'safetensors' (8-byte header length, then '{'), 'torch' (zip or legacy pickle) or '?'."""
     with open(path, "rb") as fh:
         head = fh.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "torch"
+    return "?"
 
 
 def _short_reason(exc: Exception) -> str:
     """The informative line of a torch.load error (its preamble suggests unsafe loading)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for ln in lines:
-        if "Unsupported global" in ln or "WeightsUnpickler error" in ln:
+        if "Unsupported global" in ln:
             return ln.split(". Please use")[0]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
@@ -329,7 +337,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or torch ``.pt`` file (no pickle code execution) into a flat dict."""
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+    kind = _file_kind(path)
+    if path.suffix == ".safetensors" or kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -337,6 +346,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if kind != "torch":
+        raise CheckpointError(f"{path}: neither a torch checkpoint (.pt) nor a safetensors file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many classes; all mean "bad file"
