@@ -56,12 +56,21 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     data = build(out)
-    cmd = ["sonitor", "evaluate", str(data), "--recipe", args.recipe, "--out", str(out / "eval"),
-           "--quiet"]
+    cmd = [
+        "sonitor",
+        "evaluate",
+        str(data),
+        "--recipe",
+        args.recipe,
+        "--out",
+        str(out / "eval"),
+        "--quiet",
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
-    print(f"wall time for {' '.join(cmd)}: {time.perf_counter() - t0:.1f} s on {os.cpu_count()} "
-          "cores")
+    print(
+        f"wall time for {' '.join(cmd)}: {time.perf_counter() - t0:.1f} s on {os.cpu_count()} cores"
+    )
 
 
 if __name__ == "__main__":

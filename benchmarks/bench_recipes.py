@@ -54,31 +54,33 @@ def main() -> None:
 
     rows = []
     for name in args.recipes:
-        opts = RecipeOptions(seed=args.seed, epochs=args.epochs, progress=False,
-                             ced_size="mini")
+        opts = RecipeOptions(seed=args.seed, epochs=args.epochs, progress=False, ced_size="mini")
         t0 = time.perf_counter()
         ev = evaluate(data, out / name, recipe=name, options=opts, plots=True)
         wall = time.perf_counter() - t0
         per = {r["machine"]: r for r in ev.rows if r.get("machine") not in (None, "official score")}
-        rows.append({
-            "recipe": name,
-            "official_score": ev.official_score,
-            "wall_s": wall,
-            "timings": ev.timings,
-            "per_machine": per,
-        })
+        rows.append(
+            {
+                "recipe": name,
+                "official_score": ev.official_score,
+                "wall_s": wall,
+                "timings": ev.timings,
+                "per_machine": per,
+            }
+        )
         print(f"{name}: official score {ev.official_score:.4f}, {wall:.0f} s", flush=True)
 
     meta = {
         "data": f"SYNTHETIC: {len(args.machines)} machine types, {args.train_source}+"
-                f"{args.train_target} train clips, {args.test_per_group} per test group, "
-                f"{args.seconds:g} s, seed {args.seed}",
+        f"{args.train_target} train clips, {args.test_per_group} per test group, "
+        f"{args.seconds:g} s, seed {args.seed}",
         "generation_s": gen_s,
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
     }
-    (out / "recipes.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
-                                                 default=str))
+    (out / "recipes.json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, indent=2, default=str)
+    )
     lines = [
         f"Data: {meta['data']}. CPU cores: {meta['cores']}.",
         "",

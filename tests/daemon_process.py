@@ -59,6 +59,13 @@ def with_anomaly(
     return np.clip(x, -1, 1)
 
 
+def expected_windows(seconds: float, window_s: float = 2.0, hop_s: float = 0.5) -> int:
+    """Windows of a file of `seconds` (the streaming front-end needs n_fft/2 = 256 samples past
+    a window's end before the window is complete)."""
+    n, w, h = int(seconds * SR), int(window_s * SR), int(hop_s * SR)
+    return (n - w - 256) // h + 1
+
+
 def write_wav(path: Path, x: np.ndarray, subtype: str = "PCM_16") -> Path:
     sf.write(str(path), x, SR, subtype=subtype)
     return path

@@ -52,8 +52,8 @@ def synthetic_machine_audio(
 ) -> np.ndarray:
     """``[n, samples]`` float32 SYNTHETIC machine sound: harmonics with small speed jitter + noise.
 
-    ``anomalous=True`` adds a bearing-fault-like impulse train exciting a 3 kHz resonance and a
-    strong off-harmonic tone, an unmistakable change for any encoder.
+    ``anomalous=True`` adds a strong amplitude modulation (imbalance) and an off-harmonic whine:
+    an unmistakable change for any encoder, even with random weights.
     """
     f0, amps, noise = _machine_params(machine)
     rng = np.random.default_rng([seed, zlib.crc32(machine.encode()), int(anomalous)])
@@ -67,14 +67,8 @@ def synthetic_machine_audio(
             for h, a in enumerate(amps)
         )
         x = 0.2 * x / sum(amps) + noise * rng.standard_normal(samples)
-        if anomalous:
-            period = int(sample_rate / rng.uniform(20, 40))
-            pulses = np.zeros(samples)
-            pulses[rng.integers(0, period) :: period] = 1.0
-            ring = np.exp(-np.arange(400) / 60.0) * np.sin(
-                2 * np.pi * 3000 * np.arange(400) / sample_rate
-            )
-            x = x + 0.8 * np.convolve(pulses, ring)[:samples]
+        if anomalous:  # imbalance-like modulation at ~8 Hz + an off-harmonic whine
+            x = x * (1 + 0.8 * np.sin(2 * np.pi * rng.uniform(6, 10) * t))
             x = x + 0.3 * np.sin(2 * np.pi * rng.uniform(1200, 1800) * t)
         out[i] = np.clip(x, -1, 1)
     return out

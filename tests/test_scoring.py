@@ -305,11 +305,11 @@ def test_robust_reweighting_equals_sklearn_from_the_same_raw_support(n, p, seed)
     MinCovDet's final location, covariance and support to rounding."""
     from sklearn.covariance import MinCovDet
 
-    from monitor.scoring import _mcd_reweight
+    from monitor.mcd import mcd_reweight
 
     X, _ = contaminated(n, p, seed)
     sk = MinCovDet(random_state=seed).fit(X)
-    location, covariance, support = _mcd_reweight(X, sk.raw_support_)
+    location, covariance, support = mcd_reweight(X, sk.raw_support_)
     assert np.array_equal(support, sk.support_)
     np.testing.assert_allclose(location, sk.location_, rtol=1e-10)
     np.testing.assert_allclose(covariance, sk.covariance_, rtol=1e-10)

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from monitor.audio_io import load_audio
 from monitor.errors import DataError
+from monitor.frontend import log_mel
 from training.data import discover, parse_clip_name, read_attributes_csv, supplemental_kind
 from training.synth import (
     ANOMALY_TYPES,
@@ -132,14 +133,15 @@ def _band_db(x: np.ndarray) -> np.ndarray:
     )
 
 
+@pytest.mark.parametrize("machine", ["fan", "pump", "gearbox"])
 @pytest.mark.parametrize("kind", ANOMALY_TYPES)
-def test_each_fault_changes_the_spectrum_of_its_normal_twin(kind: str):
-    spec = next(s for s in plan(("gearbox",), 0, 0, 1, 0, 1.0, 0, 1.0) if s.label == "anomaly")
+def test_each_fault_changes_the_spectrum_of_its_normal_twin(kind: str, machine: str):
+    spec = next(s for s in plan((machine,), 0, 0, 1, 0, 1.0, 0, 1.0) if s.label == "anomaly")
     twin = render_clip(spec, fault=None)
     faulty = render_clip(spec, fault=draw_fault(spec, kind, severity=0.7))
-    assert not np.array_equal(twin, faulty)
-    diff = np.abs(_band_db(faulty) - _band_db(twin))
-    assert diff.max() > 3.0, f"{kind}: largest band change only {diff.max():.2f} dB"
+    mag_twin, mag_faulty = np.abs(np.fft.rfft(twin)), np.abs(np.fft.rfft(faulty))
+    change = np.linalg.norm(mag_faulty - mag_twin) / np.linalg.norm(mag_twin)
+    assert change > 0.05, f"{kind}: the magnitude spectrum changed by only {change:.3f}"
     again = render_clip(spec, fault=draw_fault(spec, kind, severity=0.7))
     np.testing.assert_array_equal(again, faulty)  # forced faults are deterministic
 
@@ -159,18 +161,23 @@ def test_normal_clip_equals_its_twin_and_difficulty_scales_faults():
 
 
 def test_anomalies_are_detectable_but_not_trivially():
-    """A crude detector (band-energy distance to the training mean) beats chance, not 1.0."""
-    specs = plan(("fan",), 40, 0, 40, 0, 1.0, 11, 1.0)
-    feats = {s: _band_db(render_clip(s)) for s in specs if s.domain == "source"}
-    train = np.array([f for s, f in feats.items() if s.split == "train"])
+    """A plain detector (log-mel mean/std, 3-NN) separates the classes, but not perfectly."""
+
+    def feat(x: np.ndarray) -> np.ndarray:
+        mel = log_mel(x, n_fft=1024, hop=512, n_mels=64)
+        return np.concatenate([mel.mean(1), mel.std(1)])
+
+    specs = [s for s in plan(("pump",), 30, 0, 30, 0, 1.0, 12, 1.0) if s.domain == "source"]
+    train = np.array([feat(render_clip(s)) for s in specs if s.split == "train"])
     mu, sd = train.mean(0), train.std(0) + 1e-3
-    test = [
-        (s.label == "anomaly", np.abs((f - mu) / sd).mean())
-        for s, f in feats.items()
-        if s.split == "test"
+    bank = (train - mu) / sd
+    test = [s for s in specs if s.split == "test"]
+    scores = [
+        np.sort(np.linalg.norm(bank - (feat(render_clip(s)) - mu) / sd, axis=1))[:3].mean()
+        for s in test
     ]
-    auc = roc_auc_score([t[0] for t in test], [t[1] for t in test])
-    assert 0.6 < auc < 0.995
+    auc = roc_auc_score([s.label == "anomaly" for s in test], scores)
+    assert 0.7 < auc < 0.99  # chance is 0.5 +- 0.075 here
 
 
 def _peak_hz(x: np.ndarray, lo: float, hi: float) -> float:

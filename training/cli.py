@@ -35,12 +35,19 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         choices=["auto", *RECIPES],
         help="recipe (default auto: the strongest one that can run with what is available)",
     )
-    p.add_argument("--checkpoint", help="official CED weights: HF model.safetensors or original .pt")
-    p.add_argument("--ced-size", default="mini", choices=["tiny", "mini", "small", "base"],
-                   help="CED size when no checkpoint is given (random weights; default mini)")
+    p.add_argument("--checkpoint", help="official CED weights (HF model.safetensors or .pt)")
+    p.add_argument(
+        "--ced-size",
+        default="mini",
+        choices=["tiny", "mini", "small", "base"],
+        help="CED size when no checkpoint is given (random weights; default mini)",
+    )
     p.add_argument("--embed-blocks", help="CED blocks to mean-pool, e.g. 7,10 (default: last)")
-    p.add_argument("--scorer", help="override the recipe's scorer (knn, rescaled_knn, "
-                   "rescaled_knn_domainwise, mahalanobis, mahalanobis_robust)")
+    p.add_argument(
+        "--scorer",
+        help="override the recipe's scorer (knn, rescaled_knn, "
+        "rescaled_knn_domainwise, mahalanobis, mahalanobis_robust)",
+    )
     p.add_argument("--k", type=int, default=16, help="K for k-NN rescaling (default 16)")
     p.add_argument("--epochs", type=int, help="override the recipe's training epochs")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -129,8 +136,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_recipe_arguments(p)
     p.add_argument("--machines", nargs="+", help="only these machine types")
     p.add_argument("--max-train", type=int, help="at most N training clips per machine (seeded)")
-    p.add_argument("--threshold", default="gamma", choices=["gamma", "percentile"],
-                   help="decision threshold: DCASE gamma fit (default) or a percentile")
+    p.add_argument(
+        "--threshold",
+        default="gamma",
+        choices=["gamma", "percentile"],
+        help="decision threshold: DCASE gamma fit (default) or a percentile",
+    )
     p.add_argument("--threshold-q", type=float, default=0.9, help="quantile (default 0.9)")
     p.add_argument("--workers", type=int, default=2, help="audio loading threads (default 2)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -84,9 +84,9 @@ def _load_machine(
 
 def _write_submission(out: Path, machine: str, files: list[str], scores, decisions) -> None:
     with open(out / f"anomaly_score_{machine}_section_00_test.csv", "w", newline="") as f:
-        csv.writer(f).writerows(zip(files, (f"{s:.8g}" for s in scores)))
+        csv.writer(f).writerows(zip(files, (f"{s:.8g}" for s in scores), strict=True))
     with open(out / f"decision_result_{machine}_section_00_test.csv", "w", newline="") as f:
-        csv.writer(f).writerows(zip(files, (int(d) for d in decisions)))
+        csv.writer(f).writerows(zip(files, (int(d) for d in decisions), strict=True))
 
 
 def evaluate(
@@ -152,17 +152,22 @@ def evaluate(
         domains = [c.domain for c in md.test]
         res = None
         if labels is not None and 0 < labels.sum() < len(labels):
-            res = metrics.machine_scores(labels, scores, domains)
+            res = metrics.machine_scores(labels, scores, domains, decisions=decisions)
             res["machine"] = m
             res["threshold"] = cal.threshold
-            res["precision"], res["recall"], res["f1"] = _prf(labels, decisions)
-        outcomes.append(MachineOutcome(m, files, scores, decisions, cal.threshold, labels,
-                                       domains, res))
+        outcomes.append(
+            MachineOutcome(m, files, scores, decisions, cal.threshold, labels, domains, res)
+        )
     timings["fit_s"] = t_fit
     timings["score_s"] = t_score
 
     scored = [o.metrics for o in outcomes if o.metrics is not None]
     official = metrics.official_score(scored) if scored else None
+    if official is not None and np.isnan(official):
+        # Single-domain data (e.g. DCASE 2020 names): AUC(target) is undefined, so the official
+        # score is too. Report the harmonic mean of what exists, and say that it is not official.
+        official = metrics.official_score(scored, ignore_missing=True)
+        log.warning("a domain has no normal test clips: score is the hmean of the defined values")
     ev = Evaluation(rec.name, why, outcomes, official, timings)
     if scored:
         ev.rows = metrics.summary_table(scored)
@@ -185,16 +190,6 @@ def evaluate(
     }
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
     return ev
-
-
-def _prf(labels: np.ndarray, decisions: np.ndarray) -> tuple[float, float, float]:
-    tp = float(np.sum((labels == 1) & (decisions == 1)))
-    fp = float(np.sum((labels == 0) & (decisions == 1)))
-    fn = float(np.sum((labels == 1) & (decisions == 0)))
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * p * r / (p + r) if p + r else 0.0
-    return p, r, f1
 
 
 def _jsonable(o: Any) -> Any:

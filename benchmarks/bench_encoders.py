@@ -1,0 +1,175 @@
+"""Encoder cost per 10 s window: PyTorch vs onnxruntime fp32 vs int8, 1 and 2 threads.
+
+For CED tiny and mini and the ResNet-18 (second seed), batch 1, a 10 s window (160,000 samples),
+front-end included. Also the FLOPs per window (``torch.utils.flop_counter.FlopCounterMode``:
+matrix multiplies and convolutions, the STFT convolution included) against this CPU's measured
+float32 matrix-multiply throughput (``torch.mm`` 1024 x 1024, same thread count): the efficiency
+ratio = achieved FLOP/s / matmul FLOP/s. Weights are random (timing does not depend on them).
+
+    python benchmarks/bench_encoders.py [--repeats 7] [--models ced-tiny ced-mini resnet]
+        [--out results.md]
+
+Timings are medians after warm-up; the machine may be shared, so the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SAMPLES = 160_000  # 10 s at 16 kHz
+
+
+def build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name.startswith("ced-"):
+        from training.models.ced import CED
+
+        return CED(name.split("-", 1)[1]).eval()
+    if name == "resnet":
+        from training.models.resnet import ResNetEncoder
+
+        return ResNetEncoder().eval()
+    raise SystemExit(f"unknown model {name!r}")
+
+
+def median_ms(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def matmul_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    ms = median_ms(lambda: torch.mm(a, b), repeats, 3)
+    return 2 * n**3 / (ms / 1000) / 1e9
+
+
+def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def bench_model(name: str, repeats: int, warmup: int, tmp: Path) -> list[dict]:
+    from export.onnx_export import export_encoder
+    from export.quantize import quantize_encoder
+    from monitor.runtime import Embedder
+
+    model = build(name)
+    x = (0.1 * torch.randn(1, SAMPLES)).contiguous()
+    flops = count_flops(model, x)
+    t0 = time.perf_counter()
+    ex = export_encoder(model, tmp / name, split=False)
+    q8 = quantize_encoder(ex.full, tmp / name / "encoder.int8.onnx")
+    prep_s = time.perf_counter() - t0
+    xn = x.numpy()
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+
+        def run_torch() -> None:
+            with torch.inference_mode():
+                model(x)
+
+        times = {"torch": median_ms(run_torch, repeats, warmup)}
+        for label, path in (("ort_fp32", ex.full), ("ort_int8", q8)):
+            emb = Embedder({"encoder": path}, threads=threads)
+            times[label] = median_ms(lambda e=emb: e.embed(xn), repeats, warmup)
+        rows.append(
+            {
+                "model": name,
+                "threads": threads,
+                "gflops_per_window": flops / 1e9,
+                "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                "size_mb_fp32": ex.full.stat().st_size / 1e6,
+                "size_mb_int8": q8.stat().st_size / 1e6,
+                "export_and_quantize_s": prep_s,
+                **{f"{k}_ms": v for k, v in times.items()},
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict], peak: dict[int, float]) -> str:
+    head = (
+        "| model | threads | GFLOPs / 10 s window | torch ms | ORT fp32 ms | ORT int8 ms | "
+        "matmul peak GFLOP/s | efficiency torch / ORT fp32 | real-time factor ORT fp32 |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        p = peak[r["threads"]]
+        eff = [r["gflops_per_window"] / (r[k] / 1000) / p for k in ("torch_ms", "ort_fp32_ms")]
+        lines.append(
+            f"| {r['model']} | {r['threads']} | {r['gflops_per_window']:.2f} | "
+            f"{r['torch_ms']:.1f} | {r['ort_fp32_ms']:.1f} | {r['ort_int8_ms']:.1f} | {p:.0f} | "
+            f"{eff[0]:.2f} / {eff[1]:.2f} | {10000 / r['ort_fp32_ms']:.0f}x |"
+        )
+    return head + "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["ced-tiny", "ced-mini", "resnet"])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="also write the markdown table here")
+    ap.add_argument("--json", type=Path, help="raw numbers as JSON")
+    args = ap.parse_args(argv)
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    peak = {t: matmul_gflops(t) for t in (1, 2)}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-enc-") as tmp:
+        for name in args.models:
+            rows.extend(bench_model(name, args.repeats, args.warmup, Path(tmp)))
+            print(f"{name} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    table = markdown(rows, peak)
+    cpu = _cpu_name()
+    note = (
+        f"\n\nCPU: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"load average before {load0[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
+        f"{args.repeats} timed runs (median) after {args.warmup} warm-ups; batch 1, 10 s window; "
+        f"matmul peak = torch.mm 1024x1024 float32; total {time.perf_counter() - t0:.0f} s."
+    )
+    print(table + note)
+    if args.out:
+        args.out.write_text(table + note + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({"peak_gflops": peak, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    sys.exit(main())
