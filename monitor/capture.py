@@ -106,7 +106,7 @@ class SourceState(str, enum.Enum):
     MISSING = "missing"  # the device is not there (retrying)
     REOPENING = "reopening"  # closed after a failure, waiting for the next attempt
     ERROR = "error"  # a file source that cannot be read (no retry)
-    ENDED = "ended"  # a non-looping file source reached its end
+    ENDED = "ended"  # a non-looping file reached its end and read_new() returned all of it
     STOPPED = "stopped"  # the manager was stopped
 
 
@@ -869,6 +869,8 @@ class CaptureManager:
     def _publish_all(self, now: float) -> None:
         for s in self._sources.values():
             state, reason = s.transport, s.transport_reason
+            if state is SourceState.ENDED and not s._flushed:
+                state, reason = SourceState.OK, "end of file reached; audio left to read"
             if state is SourceState.OK:
                 verdict = s.content_state()
                 if verdict is not None:

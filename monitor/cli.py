@@ -20,7 +20,11 @@ from monitor.errors import SonitorError
 Handler = Callable[[argparse.Namespace], int]
 
 # Runtime modules that add subcommands: each has `register(subparsers)`.
-_RUNTIME_COMMAND_MODULES: tuple[str, ...] = ("monitor.cli_daemon",)
+_RUNTIME_COMMAND_MODULES: tuple[str, ...] = (
+    "monitor.cli_daemon",
+    "monitor.cli_devices",
+    "monitor.cli_package",
+)
 
 
 def _load_plugins(subparsers: argparse._SubParsersAction) -> list[str]:

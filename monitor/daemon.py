@@ -604,9 +604,9 @@ class Daemon:
         if not windows:
             return
         healthy = health is None or health.state not in UNHEALTHY_STATES
-        reason = health.reason if health is not None else ""
+        state = health.state.value if health is not None else "starting"
         for w in windows:
-            w.meta.update(healthy=healthy, reason=reason, ready_sample=start + x.size)
+            w.meta.update(healthy=healthy, state=state, ready_sample=start + x.size)
         self._enqueue(windows)
 
     def _enqueue(self, windows: list[Window]) -> None:
@@ -888,6 +888,10 @@ class Daemon:
         rt.last_window_mono = time.monotonic()
         if skipped in ("silent", "clipped"):
             events: list[AlertEvent] = []  # capture liveness decides; see _skip_reason
+        elif skipped == "unhealthy":
+            # the capture state ("silent", "clipping", ...) is the alarm's stable reason; the
+            # detail goes to the health topic
+            events = rt.alert.set_health(t, False, w.meta.get("state", "unhealthy"))
         else:
             events = rt.alert.step(t, fed, healthy)
         rt.last.update(
@@ -1044,7 +1048,7 @@ class Daemon:
             unhealthy = h.state in UNHEALTHY_STATES
             starved = now_mono - rt.last_window_mono > hop_s + 2 * HEALTH_PERIOD_S + 1.0
             if unhealthy and starved:
-                events = rt.alert.set_health(self._source_now(rt), False, h.reason)
+                events = rt.alert.set_health(self._source_now(rt), False, h.state.value)
                 self._handle_events(rt, events, None)
             self._publish_health(rt, h)
         if self.clip_writer is not None:

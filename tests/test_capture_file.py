@@ -99,13 +99,16 @@ def test_slow_consumer_overflow_is_counted(tmp_path: Path) -> None:
     spec = FileSourceSpec("a", write(tmp_path / "a.wav", x), realtime=True, block_s=0.05)
     with CaptureManager([spec], liveness=FAST, buffer_s=0.2) as m:
         assert wait_for(lambda: m.source_health("a").overflow_samples > 0, 3)  # before any read
-        assert wait_for(lambda: m.source_health("a").state is SourceState.ENDED, 3)
+        lost = x.size - int(0.2 * SR)  # the whole file played into a 0.2 s ring
+        assert wait_for(lambda: m.source_health("a").overflow_samples == lost, 3)
+        assert m.source_health("a").state is SourceState.OK  # ended, but audio left to read
         start, y = m.read_new("a")
+        assert wait_for(lambda: m.source_health("a").state is SourceState.ENDED, 1)
     h = m.source_health("a")  # stop() published a final snapshot
     assert start == 0 and y.size == int(0.2 * SR)  # only the newest 0.2 s survived
     np.testing.assert_array_equal(y, x[-y.size :])
     assert h.discontinuities == 1
-    assert h.overflow_samples == x.size - y.size
+    assert h.overflow_samples == lost
 
 
 def test_loop_repeats_the_file(tmp_path: Path) -> None:

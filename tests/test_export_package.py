@@ -246,3 +246,57 @@ def test_export_from_data_with_int8(tmp_path, capsys):
     assert "official_score_change" in drift
     assert drift["machines"]["fan"]["clips"] == "labelled test clips"
     assert (tmp_path / "run" / "run.json").is_file()
+
+
+def test_package_with_a_separator(tmp_path):
+    """A separator (waveform -> waveform ONNX) is applied before the encoder; no frame streaming."""
+    from package_fixtures import exported_tiny_encoder
+
+    from export.package_writer import write_package
+    from monitor.runtime import Embedder, embed_recording
+
+    class Lowpass(torch.nn.Module):  # stands in for a trained separator: any waveform -> waveform
+        def forward(self, x):
+            k = torch.ones(1, 1, 9) / 9
+            return torch.nn.functional.conv1d(x.unsqueeze(1), k, padding=4).squeeze(1)
+
+    sep = tmp_path / "sep.onnx"
+    torch.onnx.export(
+        Lowpass(), (torch.zeros(2, 16000),), str(sep), dynamo=False, opset_version=17,
+        input_names=["waveform"], output_names=["separated"],
+        dynamic_axes={"waveform": {0: "b", 1: "t"}, "separated": {0: "b", 1: "t"}},
+    )  # fmt: skip
+    enc = exported_tiny_encoder()
+    plain = Embedder({"encoder": enc.full})
+    bank = plain.embed(synthetic_machine_audio("fan", 16, 2.0))
+    spec = MachineSpec("fan", bank, ["source"] * 16, make_scorer("knn", k=2).fit(bank))
+    path = write_package(
+        tmp_path / "pkg", enc, [spec], recipe="t", window_seconds=2.0, hop_seconds=0.5,
+        separator=sep,
+    )  # fmt: skip
+    pkg = ModelPackage.load(path)
+    assert pkg.separator_path is not None and pkg.separator_path.name == "separator.onnx"
+    emb = Embedder(pkg)
+    assert not emb.streaming  # the separator must see the waveform first
+    x = synthetic_machine_audio("fan", 2, 3.0, seed=1)
+    filtered = Lowpass()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(emb.separate(x), filtered, atol=1e-5)
+    np.testing.assert_allclose(emb.embed(x), plain.embed(filtered), atol=1e-4)
+    starts, e = embed_recording(emb, x[0], 32000, 8000)
+    assert starts.tolist() == [0, 8000, 16000]
+    np.testing.assert_allclose(e[1], emb.embed(x[:1, 8000:40000])[0], atol=1e-4)
+
+
+def test_run_dir_rebuilds_the_simclr_model(tmp_path):
+    """SimCLR's encoder + projection head (nested constructor arguments) survive a run dir."""
+    from export.run_dir import load_run, save_run
+    from training.models.resnet import ProjectionHead, ResNetEncoder
+    from training.simclr import ProjectedEncoder
+
+    torch.manual_seed(0)
+    model = ProjectedEncoder(ResNetEncoder(n_mels=32), ProjectionHead(512, 64, 16)).eval()
+    save_run(tmp_path / "run", recipe="simclr", model=model, machines=[], window_seconds=1.0)
+    run = load_run(tmp_path / "run")
+    assert type(run.model) is ProjectedEncoder and run.model.head.net[-1].out_features == 16
+    x = synthetic_machine_audio("fan", 2, 1.0)
+    np.testing.assert_allclose(torch_embed(run.model, x), torch_embed(model, x), atol=1e-5)

@@ -107,7 +107,9 @@ def test_readme_marker_and_attributes_csv(tiny: Path):
     assert "SYNTHETIC" in readme and "--seed 3" in readme and "no real machine" in readme
     marker = (tiny / "SYNTHETIC").read_text()
     assert marker.startswith("SYNTHETIC DATA")
-    params = json.loads(marker.split("\n", 1)[1])["parameters"]
+    body = json.loads(marker.split("\n", 1)[1])
+    assert body["complete"] is True
+    params = body["parameters"]
     assert params["seed"] == 3 and params["machines"] == ["fan", "pump"]
     assert params["n_test_per_group"] == 3 and params["seconds"] == 1.0
     for m in ("fan", "pump"):
@@ -207,7 +209,7 @@ def test_unknown_machine_gets_a_stable_distinct_recipe():
     assert recipe_for("compressor") != recipe_for("blower") != recipe_for("fan")
 
 
-def test_refuses_to_overwrite_foreign_folders(tmp_path: Path, tiny: Path):
+def test_refuses_to_overwrite_foreign_folders(tmp_path: Path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.txt").write_text("precious")
@@ -217,9 +219,26 @@ def test_refuses_to_overwrite_foreign_folders(tmp_path: Path, tiny: Path):
     with pytest.raises(DataError, match="no SYNTHETIC file"):
         generate_dataset(foreign, overwrite=True, **TINY)
     assert (foreign / "thesis.txt").read_text() == "precious"
-    ours = generate_dataset(tmp_path / "ours", **{**TINY, "machines": ("fan",)})
-    generate_dataset(ours, overwrite=True, **{**TINY, "machines": ("pump",)})
+
+
+def test_reuse_overwrite_and_interrupted_runs(tmp_path: Path):
+    small = {**TINY, "machines": ("fan",), "n_train_source": 1, "n_test_per_group": 1}
+    ours = generate_dataset(tmp_path / "ours", **small)
+    stamp = {p: p.stat().st_mtime_ns for p in ours.rglob("*")}
+    assert generate_dataset(ours, **small) == ours  # same parameters: reused untouched
+    assert {p: p.stat().st_mtime_ns for p in ours.rglob("*")} == stamp
+    with pytest.raises(DataError, match="not empty"):
+        generate_dataset(ours, **{**small, "seed": 99})
+    generate_dataset(ours, overwrite=True, **{**small, "machines": ("pump",)})
     assert sorted(p.name for p in ours.iterdir() if p.is_dir()) == ["pump"]
+    # an interrupted run leaves an incomplete marker: never reused, but may be overwritten
+    marker = ours / "SYNTHETIC"
+    marker.write_text(marker.read_text().replace('"complete": true', '"complete": false'))
+    pump = {**small, "machines": ("pump",)}
+    with pytest.raises(DataError, match="not empty"):
+        generate_dataset(ours, **pump)
+    generate_dataset(ours, overwrite=True, **pump)
+    assert '"complete": true' in marker.read_text()
 
 
 @pytest.mark.parametrize(
@@ -264,9 +283,9 @@ def test_command_line(tmp_path: Path, capsys):
         "1",
     ]
     assert main(argv) == 0
-    assert "SYNTHETIC" in capsys.readouterr().out
+    assert "SYNTHETIC data set ready: 8 clips" in capsys.readouterr().out
     assert len(list(out.rglob("*.wav"))) == 2 + 1 + 4 + 1
-    assert main(argv) == 2  # not empty now
+    assert main([*argv, "--seed", "10"]) == 2  # other parameters, folder not empty
     assert "not empty" in capsys.readouterr().err
     parser = argparse.ArgumentParser()
     add_arguments(parser)

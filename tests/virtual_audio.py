@@ -42,7 +42,8 @@ SINK_RATE = 16000
 def _missing_parts() -> list[str]:
     """What real capture through PulseAudio needs on this machine and is not there."""
     missing = [t for t in ("pulseaudio", "pacat", "pactl") if shutil.which(t) is None]
-    if not glob.glob("/usr/lib*/**/alsa-lib/libasound_module_pcm_pulse.so", recursive=True):
+    plugin = "alsa-lib/libasound_module_pcm_pulse.so"
+    if not any(glob.glob(f"{d}/{plugin}") for d in ("/usr/lib/*", "/usr/lib", "/usr/lib64")):
         missing.append("ALSA pulse plugin (libasound2-plugins)")
     if ctypes.util.find_library("portaudio") is None:
         missing.append("PortAudio (libportaudio2)")
@@ -69,6 +70,9 @@ class VirtualAudio:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="sonitor-pulse-")) if root is None else root
         self.runtime = self.root / "run"
+        self._own_runtime = len(str(self.runtime / "native")) > 100  # AF_UNIX path limit 108
+        if self._own_runtime:
+            self.runtime = Path(tempfile.mkdtemp(prefix="sonitor-pulse-run-"))
         self.home = self.root / "home"
         self.socket = self.runtime / "native"
         self.log = self.root / "pulse.log"
@@ -181,6 +185,8 @@ class VirtualAudio:
         self.stop()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
+        if self._own_runtime:
+            shutil.rmtree(self.runtime, ignore_errors=True)
 
     def __enter__(self) -> VirtualAudio:
         self.start()

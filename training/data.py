@@ -8,12 +8,14 @@ Forms understood (stem = file name without `.wav`/`.flac`):
 
 - 2021-2025 `section_NN_<source|target>_<train|test>_<normal|anomaly>_NNNN[_<attr>_<value>...]`,
   also `..._noAttribute` and no attributes at all;
-- labels hidden: `section_NN_<source|target>_test_NNNN`, anonymised eval clips `section_NN_NNNN`
-  and `section_NN_test_NNNN` (domain and label None);
+- labels hidden: `section_NN_<source|target>_test_NNNN` (label None), anonymised eval clips
+  `section_NN_NNNN` and `section_NN_test_NNNN` (domain and label None);
 - 2025 supplemental clips: a kind word (`machine`/`clean` = clean machine sound, `noise` = noise
-  only) among the words before the index, e.g. `section_00_machine_source_0000_noAttribute.wav`
-  (as in the DCASE 2025 dev zips), `section_00_source_supplemental_machine_0000.wav`,
-  `section_00_noise_supplemental_normal_0000.wav`;
+  only) among the words before the index. Published DCASE 2025 paths show
+  `supplemental/section_00_machine_source_0000_noAttribute.wav`; the baseline README writes
+  `section_00_machine_0001_.wav`; third-party loaders expect
+  `section_00_source_supplemental_machine_0000.wav` / `section_00_noise_supplemental_normal_0000`.
+  The words may come in any order, so all of these parse;
 - 2020 `<normal|anomaly>_id_NN_NNNNNNNN` and anonymised `id_NN_NNNNNNNN` (no section, no domain).
 """
 

@@ -41,6 +41,7 @@ FORMAT_VERSION = 1
 MARKER = "SYNTHETIC"
 ANOMALY_TYPES = ("bearing", "imbalance", "rubbing", "harmonics")
 NOISE_TYPES = ("factory", "pink", "babble")
+SNR_DB = {"source": (3.0, 9.0), "target": (0.0, 6.0)}  # machine-to-background, drawn per clip
 _SPLIT_CODE = {"train": 1, "test": 2, "supplemental": 3}
 _GROUP_CODE = {
     ("source", "normal"): 1,
@@ -333,7 +334,7 @@ def render_clip(spec: ClipSpec, fault: dict | None | str = "auto") -> np.ndarray
     """
     n = int(round(spec.seconds * SR))
     rng = spec.rng(1)
-    lo, hi = (3.0, 9.0) if spec.domain == "source" else (0.0, 6.0)  # SNR range, dB
+    lo, hi = SNR_DB[spec.domain]
     if spec.label == "noise":  # at the level it has behind the machine in the mixtures
         x = background(spec.noise, rng, n) * 0.05 * _db(-rng.uniform(lo, hi))
         return np.clip(x, -1, 1).astype(np.float32)
@@ -494,19 +495,35 @@ def _check_params(machines, counts: dict[str, int], seconds, seed, workers, diff
         raise DataError(f"difficulty must be > 0, got {difficulty!r}")
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _read_marker(out: Path) -> dict | None:
+    """The JSON part of an earlier run's SYNTHETIC marker, or None."""
+    try:
+        return json.loads((out / MARKER).read_text().split("\n", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _prepare_out(out: Path, params: dict, overwrite: bool) -> bool:
+    """Make `out` ready; True if it already holds this exact complete data set (reuse it)."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
+        earlier = _read_marker(out)
+        if earlier is not None and earlier.get("complete") and earlier.get("parameters") == params:
+            return True
         if not overwrite:
-            raise DataError(f"{out}: folder is not empty; choose a new one or pass overwrite")
-        if not (out / MARKER).is_file():
+            raise DataError(
+                f"{out}: folder is not empty (and holds no complete SYNTHETIC set made with "
+                "these parameters); choose a new folder or pass overwrite"
+            )
+        if earlier is None:
             raise DataError(
                 f"{out}: not a sonitor SYNTHETIC data set (no {MARKER} file); "
                 "refusing to overwrite it"
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    return False
 
 
 def generate_dataset(
@@ -527,7 +544,8 @@ def generate_dataset(
     `<out>/<machine>/{train,test,supplemental}/section_00_...wav` (16-bit, 16 kHz), each
     machine's `attributes_00.csv`, and at the root `README.md` and a `SYNTHETIC` marker that
     record how the data were made. `difficulty` > 1 makes anomalies subtler, < 1 louder.
-    `overwrite` replaces an earlier SYNTHETIC set (never any other folder).
+    A folder that already holds a complete set made with the same parameters is reused as it
+    is; `overwrite` replaces an earlier SYNTHETIC set (never any other folder).
     """
     machines = tuple(machines)
     counts = {
@@ -537,8 +555,20 @@ def generate_dataset(
         "n_supplemental": n_supplemental,
     }
     _check_params(machines, counts, seconds, seed, workers, difficulty)
+    params = {
+        "machines": list(machines),
+        **counts,
+        "seconds": float(seconds),
+        "seed": seed,
+        "difficulty": float(difficulty),
+        "sample_rate": SR,
+        "format_version": FORMAT_VERSION,
+    }
     out = Path(out_dir)
-    _prepare_out(out, overwrite)
+    if _prepare_out(out, params, overwrite):
+        log.info("%s already holds this SYNTHETIC data set; reusing it", out)
+        return out
+    _write_marker(out, params, machines, complete=False)  # claims the folder before any clip
     specs = plan(machines, seconds=seconds, seed=seed, difficulty=difficulty, **counts)
     t0 = time.perf_counter()
     if workers == 1 or len(specs) < 8:
@@ -554,17 +584,9 @@ def generate_dataset(
     elapsed = time.perf_counter() - t0
     for machine in machines:
         _write_attributes(out / machine, [s for s in specs if s.machine == machine])
-    params = {
-        "machines": list(machines),
-        **counts,
-        "seconds": seconds,
-        "seed": seed,
-        "difficulty": difficulty,
-        "sample_rate": SR,
-        "format_version": FORMAT_VERSION,
-    }
-    _write_docs(out, params, machines)
-    log.info("SYNTHETIC data set: %d clips in %.1f s -> %s", len(specs), elapsed, out)
+    _write_readme(out, params, machines)
+    _write_marker(out, params, machines, complete=True)
+    log.debug("SYNTHETIC data set: %d clips in %.1f s -> %s", len(specs), elapsed, out)
     return out
 
 
@@ -579,12 +601,16 @@ def _write_attributes(machine_dir: Path, specs: list[ClipSpec]) -> None:
     (machine_dir / "attributes_00.csv").write_text("\n".join(lines) + "\n")
 
 
-def _write_docs(out: Path, params: dict, machines: Sequence[str]) -> None:
+def _write_marker(out: Path, params: dict, machines: Sequence[str], complete: bool) -> None:
     recipes = {m: asdict(recipe_for(m)) for m in machines}
+    body = {"complete": complete, "parameters": params, "recipes": recipes}
     (out / MARKER).write_text(
         "SYNTHETIC DATA: procedurally generated by sonitor (training.synth); no recording of a "
-        "real machine.\n" + json.dumps({"parameters": params, "recipes": recipes}, indent=2) + "\n"
+        "real machine.\n" + json.dumps(body, indent=2) + "\n"
     )
+
+
+def _write_readme(out: Path, params: dict, machines: Sequence[str]) -> None:
     rows = []
     for m in machines:
         r = recipe_for(m)
@@ -620,7 +646,8 @@ Each machine type mixes rotating harmonics (fundamental = speed / 60 with slow s
 coloured flow noise modulated by the blade/vane/tooth pass, and periodic impacts ringing a
 resonance, in its own proportions. Every clip draws its own small variations (speed, harmonic
 levels, flow level, gain, background SNR). Background: factory (mains hum, rumble, clanks) in
-the source domain at 4-10 dB SNR; pink or babble-like noise in the target domain at -2-4 dB SNR.
+the source domain at {SNR_DB["source"][0]:g} to {SNR_DB["source"][1]:g} dB SNR; pink or \
+babble-like noise in the target domain at {SNR_DB["target"][0]:g} to {SNR_DB["target"][1]:g} dB SNR.
 
 | machine | source domain | target domain | supplemental |
 |---|---|---|---|
@@ -683,7 +710,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     n = sum(1 for _ in out.rglob("*.wav"))
-    print(f"wrote a SYNTHETIC data set: {n} clips in {out} ({time.perf_counter() - t0:.1f} s)")
+    print(f"SYNTHETIC data set ready: {n} clips in {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
