@@ -23,10 +23,15 @@ from monitor.errors import SonitorError
 log = logging.getLogger(__name__)
 
 
-def _window_from(waves: np.ndarray, sample_rate: int, hop: int = 160) -> float:
-    """The training clips' length, on the frame grid: banks and live windows must match."""
-    n = waves.shape[1] - waves.shape[1] % hop
-    return n / sample_rate
+def _common_seconds(clips: list, sample_rate: int = 16000, hop: int = 160) -> float:
+    """The most common training clip length, on the frame grid: the package's window."""
+    from collections import Counter
+
+    from monitor.audio_io import audio_info
+
+    counts = Counter(round(audio_info(c.path).duration_s * sample_rate) for c in clips)
+    n = max(counts, key=lambda k: (counts[k], k))
+    return (n - n % hop) / sample_rate
 
 
 def _train_from_data(args: argparse.Namespace):
@@ -48,16 +53,19 @@ def _train_from_data(args: argparse.Namespace):
     rec, why = make_recipe(args.recipe, options)
     log.info("recipe %s (%s)", rec.name, why)
     arrays, summary = {}, {"root": str(Path(args.data).resolve()), "machines": {}}
-    for m, md in found.items():
-        train = _subsample(md.train, args.max_train, options.seed)
-        waves = load_clips(train, workers=2)
+    trains = {m: _subsample(md.train, args.max_train, options.seed) for m, md in found.items()}
+    window = args.window_seconds or _common_seconds([c for t in trains.values() for c in t])
+    for m, train in trains.items():
+        # every clip is cut (or padded) to the package window: banks are embedded exactly as
+        # the daemon will embed its windows
+        waves = load_clips(train, workers=2, seconds=window)
         doms = [c.domain for c in train]
         arrays[m] = MachineArrays(m, waves, doms)
         summary["machines"][m] = {
             "n_train": len(train),
             "n_source": doms.count("source"),
             "n_target": doms.count("target"),
-            "clip_seconds": waves.shape[1] / 16000,
+            "window_seconds": window,
         }
     rec.prepare(arrays)
     specs = []
@@ -72,9 +80,7 @@ def _train_from_data(args: argparse.Namespace):
             f"recipe {rec.name!r} has no neural encoder to export (packages hold an ONNX "
             "encoder and banks); use stage1 or simclr"
         )
-    first = next(iter(arrays.values()))
-    window = args.window_seconds or _window_from(first.waves, 16000)
-    parity = np.stack([w[: int(window * 16000)] for w in first.waves[:4]])
+    parity = next(iter(arrays.values())).waves[:4]  # real clips for the parity check
     test = None
     if args.int8:
         test = {}

@@ -94,7 +94,7 @@ def _machine_bank(spec: MachineSpec, max_bank: int, method: str, q: float):
     doms = np.asarray(["" if d is None else d for d in spec.domains], dtype="<U6")
     name, params = scorer_spec(spec.scorer)
     scorer, kept = spec.scorer, np.arange(len(x))
-    if len(x) > max_bank:
+    if len(x) > max_bank and not name.startswith("mahalanobis"):  # as monitor.enroll does
         from monitor.enroll import make_scorer
 
         kept = subsample_bank(x, doms, max_bank, metric=params.get("metric", "euclidean"))

@@ -7,14 +7,15 @@ subsample it to a bounded size, recalibrate the threshold, and write the package
 `score_files` scores recordings exactly as the daemon scores live audio: the same streaming
 front-end (`monitor.runtime.FrameStream`), the same windows, the same scorer.
 
-Bank-size control. Long enrolments make large banks (scoring cost and memory grow linearly).
+Bank-size control. Long enrolments make large k-NN banks (scoring cost and memory grow linearly).
 Past ``max_bank`` the bank is reduced with a greedy k-center coreset (PatchCore), per domain so
-the few target-domain embeddings are not swamped. The threshold is then calibrated on the scores
-of ALL enrolled embeddings against the reduced bank (leave-one-out for kept ones), not on the
-reduced bank's own leave-one-out scores, which a coreset inflates by design (it keeps the points
-that are far from the others). What the reduction changes is measured on every enrolment: the
-Spearman rank correlation between the full bank's and the reduced bank's calibration scores and
-both thresholds, stored in the manifest's history.
+the few target-domain embeddings are not swamped. Mahalanobis scorers keep every embedding: their
+cost does not grow with the bank, and a coreset would inflate the covariance. The threshold is
+then calibrated on the scores of ALL enrolled embeddings against the reduced bank (leave-one-out
+for kept ones), not on the reduced bank's own leave-one-out scores, which a coreset inflates by
+design (it keeps the points that are far from the others). What the reduction changes is measured
+on every enrolment: the Spearman rank correlation between the full bank's and the reduced bank's
+calibration scores, both thresholds and the decision agreement, stored in the manifest history.
 """
 
 from __future__ import annotations
@@ -274,7 +275,12 @@ def enroll_embeddings(
     x_all = np.concatenate([x_old, new])
     d_all = np.concatenate([d_old.astype("<U6"), np.full(len(new), domain, "<U6")])
     doms = [d if d else None for d in d_all.tolist()]
-    kept = subsample_bank(x_all, d_all, max_bank, metric=_metric(params), seed=seed)
+    if name.startswith("mahalanobis"):
+        # scoring cost does not grow with N, and a coreset (which keeps the outskirts) would
+        # inflate the covariance: keep every embedding
+        kept = np.arange(len(x_all))
+    else:
+        kept = subsample_bank(x_all, d_all, max_bank, metric=_metric(params), seed=seed)
     hint = f"; enrol more normal audio (one embedding per {pkg.window_seconds:g} s window)"
     fitted = _fit(name, params, x_all[kept], [doms[i] for i in kept], machine, hint)
     scores = calibration_scores(fitted, x_all, kept)

@@ -302,6 +302,17 @@ class ModelPackage:
                 self._listed(enc[key], f"encoder.{key}")
         if (enc.get("frontend") is None) != (enc.get("backbone") is None):
             raise PackageError(f"{where}: encoder.frontend and encoder.backbone come together")
+        if enc.get("frontend") is not None:  # streamed windows must start on STFT frames
+            fh = m["frontend"]["hop_length"]
+            for key, n in (
+                ("window_seconds", self.window_samples),
+                ("hop_seconds", self.hop_samples),
+            ):
+                if n % fh:
+                    raise PackageError(
+                        f"{where}: {key} = {m[key]} ({n} samples) is not a multiple of the frame "
+                        f"hop of {fh} samples"
+                    )
         int8 = enc.get("int8")
         if int8 is not None:
             if not isinstance(int8, dict) or not isinstance(int8.get("full"), str):

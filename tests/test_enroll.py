@@ -418,3 +418,27 @@ def test_score_real_recordings(pkg_dir, capsys):
 def test_manifest_history_is_json_serialisable(pkg_dir):
     en.enroll(pkg_dir, "fan", waveforms=[("x", synthetic_machine_audio("fan", 1, 4.0)[0])])
     json.dumps(ModelPackage.load(pkg_dir).manifest)
+
+
+def test_errors_reach_the_user_through_the_sonitor_command(tmp_path, monkeypatch, capsys):
+    """Wired into `sonitor` (monitor.cli), a bad package path is exit code 2 and one clear line."""
+    import monitor.cli as cli
+
+    if "monitor.cli_package" not in cli._RUNTIME_COMMAND_MODULES:
+        monkeypatch.setattr(
+            cli, "_RUNTIME_COMMAND_MODULES", (*cli._RUNTIME_COMMAND_MODULES, "monitor.cli_package")
+        )
+    wav = write_wav(tmp_path / "x.wav", np.zeros(32000, np.float32))
+    rc = cli.main(["score", "--package", str(tmp_path / "nope"), "--machine", "fan", str(wav)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "sonitor score: error: model package not found" in err and str(tmp_path / "nope") in err
+
+
+def test_mahalanobis_banks_are_never_subsampled(tmp_path):
+    path = make_tiny_package(tmp_path / "pkg", machines=("fan",), n_bank=24, scorer="mahalanobis")
+    new = np.random.default_rng(0).normal(size=(30, 192)).astype(np.float32) * 0.01
+    base = ModelPackage.load(path).machine("fan").bank.embeddings.mean(0)
+    res = en.enroll_embeddings(path, "fan", base + new, max_bank=16)
+    assert res.n_bank == 54 and res.subsample is None
+    assert ModelPackage.load(path).machine("fan").bank.scorer_name == "mahalanobis"

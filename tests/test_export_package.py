@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -31,6 +32,27 @@ def _cli(argv: list[str]) -> int:
     reg_runtime(sub)
     args = parser.parse_args(argv)
     return args.handler(args)
+
+
+class _Lowpass(torch.nn.Module):
+    """Stands in for a trained separator: any waveform -> waveform graph."""
+
+    def forward(self, x):
+        k = torch.ones(1, 1, 9) / 9
+        return torch.nn.functional.conv1d(x.unsqueeze(1), k, padding=4).squeeze(1)
+
+
+@pytest.fixture(scope="module")
+def lowpass_onnx(tmp_path_factory):
+    sep = tmp_path_factory.mktemp("sep") / "sep.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            _Lowpass(), (torch.zeros(2, 16000),), str(sep), dynamo=False, opset_version=17,
+            input_names=["waveform"], output_names=["separated"],
+            dynamic_axes={"waveform": {0: "b", 1: "t"}, "separated": {0: "b", 1: "t"}},
+        )  # fmt: skip
+    return sep
 
 
 def _tiny_trained_ced(steps: int = 2):
@@ -248,24 +270,14 @@ def test_export_from_data_with_int8(tmp_path, capsys):
     assert (tmp_path / "run" / "run.json").is_file()
 
 
-def test_package_with_a_separator(tmp_path):
+def test_package_with_a_separator(tmp_path, lowpass_onnx):
     """A separator (waveform -> waveform ONNX) is applied before the encoder; no frame streaming."""
     from package_fixtures import exported_tiny_encoder
 
     from export.package_writer import write_package
     from monitor.runtime import Embedder, embed_recording
 
-    class Lowpass(torch.nn.Module):  # stands in for a trained separator: any waveform -> waveform
-        def forward(self, x):
-            k = torch.ones(1, 1, 9) / 9
-            return torch.nn.functional.conv1d(x.unsqueeze(1), k, padding=4).squeeze(1)
-
-    sep = tmp_path / "sep.onnx"
-    torch.onnx.export(
-        Lowpass(), (torch.zeros(2, 16000),), str(sep), dynamo=False, opset_version=17,
-        input_names=["waveform"], output_names=["separated"],
-        dynamic_axes={"waveform": {0: "b", 1: "t"}, "separated": {0: "b", 1: "t"}},
-    )  # fmt: skip
+    sep = lowpass_onnx
     enc = exported_tiny_encoder()
     plain = Embedder({"encoder": enc.full})
     bank = plain.embed(synthetic_machine_audio("fan", 16, 2.0))
@@ -279,7 +291,7 @@ def test_package_with_a_separator(tmp_path):
     emb = Embedder(pkg)
     assert not emb.streaming  # the separator must see the waveform first
     x = synthetic_machine_audio("fan", 2, 3.0, seed=1)
-    filtered = Lowpass()(torch.from_numpy(x)).numpy()
+    filtered = _Lowpass()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(emb.separate(x), filtered, atol=1e-5)
     np.testing.assert_allclose(emb.embed(x), plain.embed(filtered), atol=1e-4)
     starts, e = embed_recording(emb, x[0], 32000, 8000)

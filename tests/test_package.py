@@ -97,6 +97,7 @@ def test_wrong_format_name(pkg_dir):
         ("sample_rate", 0, "'sample_rate' must be positive"),
         ("embedding_dim", None, "'embedding_dim' has the wrong type"),
         ("recipe", 3, "'recipe' has the wrong type"),
+        ("hop_seconds", 0.3333, "hop_seconds = 0.3333 (5333 samples) is not a multiple"),
     ],
 )
 def test_bad_manifest_values_name_the_key(pkg_dir, key, value, message):

@@ -173,6 +173,8 @@ def test_trained_embeddings_separate_classes_better_than_at_init(trained):
 def test_returns_an_eval_encoder_that_embeds_full_clips(trained):
     model, hist = trained
     assert isinstance(model, ResNetEncoder) and not model.training
+    # trained channels-last for speed, handed back in the default layout (export, safetensors)
+    assert all(p.is_contiguous() for p in model.parameters())
     with torch.no_grad():
         emb = model(torch.zeros(2, 3 * SR) + 0.01 * torch.randn(2, 3 * SR))
     assert emb.shape == (2, 512) and torch.isfinite(emb).all()
@@ -193,6 +195,13 @@ def test_short_clips_projection_output_and_reproducibility():
     assert isinstance(model, ProjectedEncoder)
     with torch.no_grad():
         assert model(torch.from_numpy(waves)).shape == (4, 128)
+
+
+def test_bf16_autocast_trains_with_a_float32_loss():
+    waves = _classes(2, seed=4)[:, : SR // 2]
+    model, hist = train_simclr(waves, epochs=2, batch_size=4, seed=0, progress=False, bf16=True)
+    assert hist["hyper"]["bf16"] is True and all(math.isfinite(v) for v in hist["loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 @pytest.mark.parametrize(

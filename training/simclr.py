@@ -176,6 +176,7 @@ def train_simclr(
     augment: AugmentConfig | None = None,
     restarts: int = RESTARTS,
     embedding: Literal["encoder", "projection"] = "encoder",
+    bf16: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ResNet-18 + projection head with NT-Xent on normal clips [N, samples] (16 kHz).
 
@@ -183,6 +184,11 @@ def train_simclr(
     downstream use) in eval mode on the CPU, or with `embedding="projection"` a
     `ProjectedEncoder` giving the 128-d head output; and a history with per-epoch `loss`, `lr`,
     `seconds` and the hyper-parameters. `crop_seconds=None` trains on whole clips.
+
+    Speed: the encoder trains in channels-last memory format (~1.5x faster convolutions on CPU,
+    same numbers up to summation order); `bf16=True` adds bfloat16 autocast, another ~1.6x on
+    CPUs with native bf16 (AVX512-BF16/AMX) but slower where it is emulated. The loss is always
+    computed in float32.
     """
     arr = _check(waves, batch_size, epochs, temperature, lr)
     if crop_seconds is not None and not crop_seconds > 0:
@@ -220,7 +226,7 @@ def train_simclr(
     bs = min(batch_size, n)
     steps_per_epoch = n // bs  # drop the ragged last batch: it would have few negatives
     total_steps = steps_per_epoch * epochs
-    encoder.to(dev).train()
+    encoder.to(dev, memory_format=torch.channels_last).train()
     head.to(dev).train()
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=lr)
@@ -239,7 +245,8 @@ def train_simclr(
             wave = cache.wave_crops(idx, starts, frames) if needs_wave else None
             view2 = augmenter(view1, wave, kinds, gen)
             x = torch.cat([view1, view2]).unsqueeze(1).to(dev)
-            z = head(encoder.forward_logmel(x))
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                z = head(encoder.forward_logmel(x)).float()
             loss = nt_xent(z[: len(idx)], z[len(idx) :], temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -248,7 +255,7 @@ def train_simclr(
             logger.update(n=len(idx), loss=loss.item())
             bar.set_postfix(loss=loss.item())
         logger.end_epoch(lr=lr_now)
-    encoder.eval().cpu()
+    encoder.eval().to("cpu", memory_format=torch.contiguous_format)
     head.eval().cpu()
     history: dict[str, Any] = {
         **logger.history,
@@ -267,6 +274,7 @@ def train_simclr(
             "steps": total_steps,
             "n_clips": n,
             "embedding": embedding,
+            "bf16": bf16,
             "augment": {
                 "kinds": list(cfg.kinds),
                 "semitones": [cfg.min_semitones, cfg.max_semitones],
