@@ -104,7 +104,9 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_model(name: str, repeats: int, warmup: int, tmp: Path) -> list[dict]:
+def bench_model(
+    name: str, repeats: int, warmup: int, tmp: Path, thread_counts: tuple[int, ...] = (1, 2)
+) -> list[dict]:
     from export.onnx_export import export_encoder
     from export.quantize import quantize_encoder
     from monitor.runtime import Embedder
@@ -118,7 +120,7 @@ def bench_model(name: str, repeats: int, warmup: int, tmp: Path) -> list[dict]:
     prep_s = time.perf_counter() - t0
     xn = x.numpy()
     rows = []
-    for threads in (1, 2):
+    for threads in thread_counts:
         torch.set_num_threads(threads)
 
         def run_torch() -> None:
@@ -185,16 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=["ced-tiny", "ced-mini", "resnet"])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
     ap.add_argument("--out", type=Path, help="also write the markdown table here")
     ap.add_argument("--json", type=Path, help="raw numbers as JSON")
     args = ap.parse_args(argv)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    peak = {t: matmul_gflops(t) for t in (1, 2)}
+    peak = {t: matmul_gflops(t) for t in args.threads}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-enc-") as tmp:
         for name in args.models:
-            rows.extend(bench_model(name, args.repeats, args.warmup, Path(tmp)))
+            rows.extend(
+                bench_model(name, args.repeats, args.warmup, Path(tmp), tuple(args.threads))
+            )
             print(f"{name} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     table = markdown(rows, peak)
     cpu = _cpu_name()

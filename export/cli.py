@@ -11,7 +11,6 @@ Without ``--data``, ``--checkpoint`` gives a package with no machines yet: add t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -171,7 +170,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         + (f"; streaming split {emb['split']['max_abs_diff']:.3g}" if "split" in emb else "")
     )
     if "int8_drift" in report:
-        print("  int8 drift: " + json.dumps(report["int8_drift"], default=float))
+        d = report["int8_drift"]
+        per = d["machines"].values()
+        line = (
+            f"  int8 drift vs fp32: embedding cosine min {d['embedding']['min_cosine']:.6f}, "
+            f"score rank correlation min {min(m['spearman'] for m in per):.4f}, decision "
+            f"agreement min {min(m['decision_agreement'] for m in per):.3f}"
+            if per
+            else f"  int8 drift vs fp32: embedding cosine min {d['embedding']['min_cosine']:.6f}"
+        )
+        if "official_score_change" in d:
+            line += (
+                f", official score {d['official_score_fp32']:.4f} -> {d['official_score_int8']:.4f}"
+            )
+        print(line + " (all numbers in manifest.json: encoder.int8.drift)")
     if args.archive:
         print(f"  archive: {args.archive}")
     return 0

@@ -12,9 +12,10 @@ agreement of the decisions, and, with labelled test clips, the change in the off
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,17 +63,29 @@ def quantize_encoder(src: str | Path, dst: str | Path) -> Path:
         # symbolic shape inference cannot reason about floor(samples / hop): skip it (probe 2)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         exclude = _frontend_matmuls(pre)
-        quantize_dynamic(
-            str(pre),
-            str(dst),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_exclude=exclude,
-            extra_options={"MatMulConstBOnly": True},
-        )
+        with _quiet_root_logger():  # the quantizer logs every tensor at INFO on the root logger
+            quantize_dynamic(
+                str(pre),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_exclude=exclude,
+                extra_options={"MatMulConstBOnly": True},
+            )
     _copy_metadata(src, dst)
     log.info("quantized %s -> %s (kept float: %s)", src.name, dst.name, exclude)
     return dst
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _copy_metadata(src: Path, dst: Path) -> None:

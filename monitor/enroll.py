@@ -37,6 +37,7 @@ from monitor.package import (
     ModelPackage,
     PackageWriter,
     pack_archive,
+    package_lock,
     read_manifest,
     save_bank,
     utc_now,
@@ -223,6 +224,32 @@ def enroll_embeddings(
     machine: str,
     embeddings: np.ndarray,
     domain: str = "source",
+    **kwargs: Any,
+) -> EnrollResult:
+    """Add ``embeddings`` of normal sound to ``machine`` and write the package atomically.
+
+    Holds the package lock from reading to writing, so concurrent enrolments never lose one
+    another's changes. Keyword arguments: see `_enroll_locked`.
+    """
+    dest = package.archive or package.path if isinstance(package, ModelPackage) else package
+    with package_lock(dest):
+        if isinstance(package, ModelPackage) and package.model_version != _current_version(dest):
+            package = ModelPackage.load(dest)  # changed since it was loaded: start from the new
+        return _enroll_locked(package, machine, embeddings, domain, **kwargs)
+
+
+def _current_version(dest: str | Path) -> str | None:
+    try:
+        return ModelPackage.load(dest, verify_checksums=False, check_encoder=False).model_version
+    except PackageError:
+        return None
+
+
+def _enroll_locked(
+    package: str | Path | ModelPackage,
+    machine: str,
+    embeddings: np.ndarray,
+    domain: str = "source",
     *,
     max_bank: int | None = None,
     scorer: str | None = None,
@@ -234,7 +261,6 @@ def enroll_embeddings(
     seed: int = 0,
     _before_swap: Any = None,
 ) -> EnrollResult:
-    """Add ``embeddings`` of normal sound to ``machine`` and write the package atomically."""
     from monitor.thresholds import calibrate
 
     validate_machine_name(machine)

@@ -18,6 +18,7 @@ with one ``renameat2(RENAME_EXCHANGE)``, so an interrupted write leaves the old 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as _dt
 import errno
@@ -30,9 +31,10 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -597,8 +599,53 @@ def recover_interrupted(dest: Path) -> None:
     if not dest.exists() and backups:
         os.rename(backups[-1], dest)  # the fallback swap died between its two renames
         backups = backups[:-1]
-    for stale in [*backups, *parent.glob(f".{dest.name}.staging-*")]:
+    stages = [p for p in parent.glob(f".{dest.name}.staging-*") if not _writer_alive(p)]
+    for stale in [*backups, *stages]:
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _writer_alive(stage: Path) -> bool:
+    """Whether the process that owns a staging folder (".<name>.staging-<pid>-<id>") still runs."""
+    try:
+        pid = int(stage.name.rsplit(".staging-", 1)[1].split("-")[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False  # our own leftovers (a failed earlier write in this process)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def package_lock(dest: str | Path, timeout: float = 60.0) -> Iterator[None]:
+    """Exclusive advisory lock for read-modify-write of a package (enrolments do not race)."""
+    import fcntl
+
+    dest = Path(dest).absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = dest.parent / f".{dest.name}.lock"
+    with open(lock_path, "a+") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PackageError(
+                        f"{dest}: another sonitor process is changing this package "
+                        f"(lock {lock_path}); try again when it has finished"
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class PackageWriter:

@@ -4,6 +4,7 @@ server marks the source unhealthy; starting it again recovers without restarting
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,11 +44,17 @@ def test_live_capture_scores_and_recovers_from_a_dead_sound_server(
         },
         health={"inference_stale_seconds": 4.0},
     )
-    fan = machine_audio("fan", 40, seed=21)
+    fan = machine_audio("fan", 20, seed=21)
+
+    def play() -> None:
+        # VirtualAudio.play writes to pacat's stdin, which blocks at the real-time pace once the
+        # pipe is full: play from a thread
+        threading.Thread(target=sound_server.play, args=(fan,), daemon=True).start()
+
     daemon = DaemonProcess(cfg, env=sound_server.env)
     try:
         daemon.wait_ready()
-        sound_server.play(fan)
+        play()
         daemon.wait_until(
             lambda: daemon.metric("sonitor_windows_total", source="mic1") >= 3, 40, "live windows"
         )
@@ -73,7 +80,7 @@ def test_live_capture_scores_and_recovers_from_a_dead_sound_server(
         before = daemon.metric("sonitor_windows_total", source="mic1")
 
         sound_server.start()
-        sound_server.play(fan)
+        play()
         daemon.wait_until(
             lambda: daemon.metric("sonitor_capture_up", source="mic1") == 1, 30, "recovery"
         )

@@ -2,9 +2,11 @@
 
 Where each one is applied, and why:
 - pitch shift: in the log-mel domain. Resampling the mel axis at the bands' centre frequencies
-  divided by the shift ratio costs ~1 ms per batch of 48, while librosa's waveform pitch shift costs
-  ~100 ms per 10 s clip (far slower than a train step on 2 cores; numbers in the report). The
-  level is corrected by each filter's area so a broadband spectrum keeps its power density.
+  divided by the shift ratio costs ~5 ms per batch of 48 two-second crops; librosa's waveform
+  pitch shift costs 15-50 ms per crop or clip, 0.3-0.7 s per batch (a quarter to half of a
+  ResNet step on this CPU), and precomputed copies fix the shift per clip. The level is
+  corrected by each filter's area so a broadband spectrum keeps its power density; a shifted
+  tone lands in the band of the really shifted tone (+-1) with its summed band power (+-0.5 dB).
 - white Gaussian noise: in the waveform domain, then the crop's log-mel is recomputed. Noise adds
   random, frequency-resolved power (and cross terms) that no deterministic log-mel operation
   reproduces, and one extra log-mel of a short crop is cheap.
