@@ -55,7 +55,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     missing = _load_plugins(subparsers)
     if missing:
         parser.epilog = (
-            "Some subcommands are unavailable: " + "; ".join(missing)
+            "Some subcommands are unavailable: "
+            + "; ".join(missing)
             + ". Install the training extra: pip install 'sonitor[train]'."
         )
     return parser, missing

@@ -227,10 +227,11 @@ class InferenceConfig(Strict):
         8, ge=1, le=256, description="Most windows (of all sources) in one encoder call."
     )
     max_pending_windows: int = Field(
-        16,
+        32,
         ge=1,
         le=10000,
-        description="Windows waiting for inference; beyond this the oldest are dropped (counted).",
+        description="Windows waiting for inference; beyond this the oldest are dropped (counted). "
+        "Keep it >= 2x the number of sources: every source completes a window each hop.",
     )
 
 

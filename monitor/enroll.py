@@ -36,9 +36,9 @@ from monitor.package import (
     Bank,
     ModelPackage,
     PackageWriter,
+    manifest_version,
     pack_archive,
     package_lock,
-    read_manifest,
     save_bank,
     utc_now,
     validate_machine_name,
@@ -231,18 +231,11 @@ def enroll_embeddings(
     Holds the package lock from reading to writing, so concurrent enrolments never lose one
     another's changes. Keyword arguments: see `_enroll_locked`.
     """
-    dest = package.archive or package.path if isinstance(package, ModelPackage) else package
+    dest = (package.archive or package.path) if isinstance(package, ModelPackage) else package
     with package_lock(dest):
-        if isinstance(package, ModelPackage) and package.model_version != _current_version(dest):
+        if isinstance(package, ModelPackage) and package.model_version != manifest_version(dest):
             package = ModelPackage.load(dest)  # changed since it was loaded: start from the new
         return _enroll_locked(package, machine, embeddings, domain, **kwargs)
-
-
-def _current_version(dest: str | Path) -> str | None:
-    try:
-        return ModelPackage.load(dest, verify_checksums=False, check_encoder=False).model_version
-    except PackageError:
-        return None
 
 
 def _enroll_locked(
@@ -431,9 +424,7 @@ def write_machine(
             if _before_swap is not None:
                 _before_swap(Path(tmp) / "package")
             pack_archive(Path(tmp) / "package", pkg.archive)
-    if pkg.archive is None:
-        return read_manifest(dest)[1][:12]
-    return ModelPackage.load(dest, verify_checksums=False, check_encoder=False).model_version
+    return manifest_version(dest)
 
 
 class _arrays_obj:

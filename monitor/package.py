@@ -555,6 +555,22 @@ def read_manifest(root: Path) -> tuple[dict[str, Any], str]:
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
+def manifest_version(path: str | Path) -> str:
+    """The model version of a package directory or archive without loading it (12 hex)."""
+    path = Path(path)
+    if path.is_dir():
+        return read_manifest(path)[1][:12]
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            member = tar.extractfile(MANIFEST)
+            raw = member.read() if member is not None else b""
+        if json.loads(raw).get("format") != FORMAT_NAME:
+            raise ValueError(f"not a {FORMAT_NAME}")
+    except (tarfile.TarError, OSError, KeyError, ValueError, AttributeError) as exc:
+        raise PackageError(f"{path}: cannot read a package {MANIFEST} ({exc})") from None
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
 # --------------------------------------------------------------------------- atomic writing
 
 
@@ -648,6 +664,23 @@ def package_lock(dest: str | Path, timeout: float = 60.0) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def _check_replaceable(dest: Path) -> None:
+    """Only ever replace a model package: never a user's other folder (it would be deleted)."""
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if dest.is_dir() and not dest.is_symlink():
+        try:
+            fmt = json.loads((dest / MANIFEST).read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt = None
+        if fmt == FORMAT_NAME:
+            return
+    raise PackageError(
+        f"refusing to write a package to {dest}: it exists and is not a sonitor model package "
+        "(choose a new folder)"
+    )
+
+
 class PackageWriter:
     """Stage a complete package beside ``dest``, then swap it in atomically.
 
@@ -659,6 +692,7 @@ class PackageWriter:
         self.dest = Path(dest).absolute()
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         recover_interrupted(self.dest)
+        _check_replaceable(self.dest)
         self.stage = (
             self.dest.parent / f".{self.dest.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
@@ -737,6 +771,13 @@ def pack_archive(package_dir: str | Path, archive: str | Path) -> Path:
     src = Path(package_dir)
     read_manifest(src)  # refuse to pack something that is not a package
     archive = Path(archive).absolute()
+    if archive.exists():
+        try:
+            manifest_version(archive)  # an earlier package archive may be replaced...
+        except PackageError:
+            raise PackageError(  # ... anything else may not
+                f"refusing to overwrite {archive}: it exists and is not a package archive"
+            ) from None
     tmp = archive.parent / f".{archive.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:

@@ -442,3 +442,17 @@ def test_mahalanobis_banks_are_never_subsampled(tmp_path):
     res = en.enroll_embeddings(path, "fan", base + new, max_bank=16)
     assert res.n_bank == 54 and res.subsample is None
     assert ModelPackage.load(path).machine("fan").bank.scorer_name == "mahalanobis"
+
+
+def test_concurrent_enrolments_do_not_lose_updates(pkg_dir):
+    """Two processes enrol into the same machine at once: both additions survive (the lock)."""
+    code = (
+        "import sys, numpy as np; from monitor.enroll import enroll_embeddings; "
+        "x = np.random.default_rng(int(sys.argv[2])).normal(size=(5, 192)).astype(np.float32); "
+        "enroll_embeddings(sys.argv[1], 'fan', x)"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(pkg_dir), str(i)]) for i in (1, 2)]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    fan = ModelPackage.load(pkg_dir).machine("fan")
+    assert len(fan.bank.embeddings) == 64 + 10
+    assert len(ModelPackage.load(pkg_dir).manifest["machines"]["fan"]["history"]) == 3

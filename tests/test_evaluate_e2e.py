@@ -49,10 +49,14 @@ def test_evaluate_writes_dcase_files_and_metrics(tiny_dataset: Path, tmp_path: P
     assert r.returncode == 0, r.stderr
     assert "official score" in r.stdout
     for m in MACHINES:
-        rows = list(csv.reader(open(out / f"anomaly_score_{m}_section_00_test.csv")))
+        rows = list(
+            csv.reader((out / f"anomaly_score_{m}_section_00_test.csv").read_text().splitlines())
+        )
         assert len(rows) == 20  # 5 per group x 4 groups, no header
         assert all(row[0].endswith(".wav") and float(row[1]) == float(row[1]) for row in rows)
-        decisions = list(csv.reader(open(out / f"decision_result_{m}_section_00_test.csv")))
+        decisions = list(
+            csv.reader((out / f"decision_result_{m}_section_00_test.csv").read_text().splitlines())
+        )
         assert {row[1] for row in decisions} <= {"0", "1"}
         assert (out / f"roc_{m}.png").stat().st_size > 1000
     summary = json.loads((out / "evaluation.json").read_text())

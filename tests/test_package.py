@@ -387,3 +387,27 @@ def test_copy_is_independent(base, tmp_path):
     p = copy_package(base, tmp_path / "c")
     assert not os.path.samefile(p / "encoder.onnx", base / "encoder.onnx")
     shutil.rmtree(p)
+
+
+def test_never_replaces_a_folder_that_is_not_a_package(tmp_path):
+    """`sonitor export --out ~/Documents` must not delete Documents."""
+    victim = tmp_path / "Documents"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("precious")
+    with pytest.raises(PackageError, match="exists and is not a sonitor model package"):
+        PackageWriter(victim)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PackageError, match="is not a sonitor model package"):
+        PackageWriter(tmp_path / "file")
+    assert (victim / "thesis.txt").read_text() == "precious"
+    assert not list(tmp_path.glob(".*staging*"))
+
+
+def test_archive_never_overwrites_other_files(base, tmp_path):
+    other = tmp_path / "notes.tar"
+    other.write_text("not an archive")
+    with pytest.raises(PackageError, match="refusing to overwrite"):
+        pk.pack_archive(base, other)
+    assert other.read_text() == "not an archive"
+    good = pk.pack_archive(base, tmp_path / "p.tar")
+    assert pk.pack_archive(base, good) == good  # an older package archive is replaced
