@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sonitor demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra --durations=15
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -ra --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -38,7 +38,7 @@ def _train_from_data(args: argparse.Namespace):
     from export.package_writer import MachineSpec
     from training.cli import _options
     from training.data import discover, load_clips
-    from training.evaluate import _subsample
+    from training.evaluate import subsample_train
     from training.recipes.base import MachineArrays
     from training.recipes.registry import make_recipe
 
@@ -52,7 +52,7 @@ def _train_from_data(args: argparse.Namespace):
     rec, why = make_recipe(args.recipe, options)
     log.info("recipe %s (%s)", rec.name, why)
     arrays, summary = {}, {"root": str(Path(args.data).resolve()), "machines": {}}
-    trains = {m: _subsample(md.train, args.max_train, options.seed) for m, md in found.items()}
+    trains = {m: subsample_train(md.train, args.max_train, options.seed) for m, md in found.items()}
     window = args.window_seconds or _common_seconds([c for t in trains.values() for c in t])
     for m, train in trains.items():
         # every clip is cut (or padded) to the package window: banks are embedded exactly as

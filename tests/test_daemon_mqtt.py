@@ -245,3 +245,62 @@ def test_events_survive_daemon_sigkill_and_are_replayed_after_restart(
     finally:
         daemon.kill()
         sub.close()
+
+
+def test_commands_mute_unmute_test_alert_and_reload(
+    tmp_path: Path, package: Path, broker: Broker
+) -> None:
+    import paho.mqtt.publish as publish
+
+    noisy = write_wav(tmp_path / "noisy.wav", with_anomaly("fan", 0, 6, 0))  # anomalous throughout
+    source = file_source("fan1", "fan", noisy, realtime=True, loop=True)
+    cfg = write_config(tmp_path / "cfg.yaml", package, [source], broker=broker)
+    live = Subscriber(broker, [f"{PREFIX}/#"])
+    daemon = DaemonProcess(cfg)
+
+    def send(topic: str, payload: str = "") -> None:
+        publish.single(topic, payload, qos=1, hostname=broker.host, port=broker.port)
+
+    def states(got: list) -> list[dict]:
+        return [json.loads(m.payload) for m in got if m.topic == f"{PREFIX}/fan1/state"]
+
+    try:
+        live.collect(lambda g: any(m.payload == b"online" for m in g), timeout=40)
+        got: list = []
+        for _ in range(20):  # until the daemon has subscribed and a state says muted
+            send(f"{PREFIX}/fan1/command/mute", '{"duration_s": 600}')
+            try:
+                got += live.collect(lambda g: any(s["alarm"] == "muted" for s in states(g)), 2)
+                break
+            except AssertionError:
+                continue
+        muted = next(s for s in states(got) if s["alarm"] == "muted")
+        assert muted["muted_until"] > time.time() + 500
+        # anomalous audio keeps coming, yet a muted source raises nothing
+        quiet: list = []
+        time.sleep(3)
+        while not live.messages.empty():
+            quiet.append(live.messages.get())
+        assert not [e for e in events_of(quiet, "fan1") if e["type"] == "start"]
+        assert all(s["alarm"] == "muted" for s in states(quiet))
+
+        send(f"{PREFIX}/fan1/command/unmute")
+        got = live.collect(has_type("fan1", "start"), timeout=20)
+        assert [e["kind"] for e in events_of(got, "fan1") if e["type"] == "start"] == ["anomaly"]
+
+        send(f"{PREFIX}/command/test_alert")
+        got = live.collect(
+            lambda g: sum(e["kind"] == "test" for e in events_of(g, "fan1")) >= 2, timeout=20
+        )
+        test_events = [e for e in events_of(got, "fan1") if e["kind"] == "test"]
+        assert [e["type"] for e in test_events] == ["start", "end"]
+
+        send(f"{PREFIX}/command/reload")
+        daemon.wait_until(
+            lambda: daemon.metric("sonitor_config_reloads_total", result="success") == 1,
+            20,
+            "the reload command",
+        )
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()[-3000:]
+        live.close()

@@ -51,7 +51,7 @@ class Evaluation:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _subsample(clips: list[ClipInfo], n: int | None, seed: int) -> list[ClipInfo]:
+def subsample_train(clips: list[ClipInfo], n: int | None, seed: int) -> list[ClipInfo]:
     """Keep at most n training clips, keeping every target clip (they are few and precious)."""
     if n is None or len(clips) <= n:
         return clips
@@ -66,7 +66,7 @@ def _subsample(clips: list[ClipInfo], n: int | None, seed: int) -> list[ClipInfo
 def _load_machine(
     md: MachineData, use_supplemental: bool, max_train: int | None, seed: int, workers: int
 ) -> MachineArrays:
-    train = _subsample(md.train, max_train, seed)
+    train = subsample_train(md.train, max_train, seed)
     if not train:
         raise DataError(f"{md.machine}: no training clips found")
     supp = None
