@@ -511,29 +511,6 @@ class Config(Strict):
         raise ConfigError(f"no source named {name!r} in the config (sources: {known})")
 
 
-def read_password(mqtt: MqttConfig) -> str | None:
-    """The MQTT password from its reference; errors name the variable or file, never the value."""
-    if mqtt.password_env is not None:
-        value = os.environ.get(mqtt.password_env)
-        if value is None:
-            raise ConfigError(
-                f"mqtt.password_env: environment variable {mqtt.password_env!r} is not set"
-            )
-        return value
-    if mqtt.password_file is not None:
-        try:
-            text = mqtt.password_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"mqtt.password_file: cannot read {mqtt.password_file}: {exc.strerror}"
-            ) from None
-        lines = text.splitlines()
-        if not lines or not lines[0]:
-            raise ConfigError(f"mqtt.password_file: {mqtt.password_file} is empty")
-        return lines[0]
-    return None
-
-
 # ------------------------------------------------------------------------------------ loading
 
 
@@ -681,6 +658,5 @@ __all__ = [
     "SourceConfig",
     "load_config",
     "parse_config",
-    "read_password",
     "format_loc",
 ]

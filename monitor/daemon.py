@@ -375,7 +375,6 @@ class Daemon:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._reload_requested = threading.Event()
-        self._inference_done = threading.Event()
         self._pending: queue.Queue[tuple[str, Any]] = queue.Queue()  # to the inference thread
         self._inference_thread: threading.Thread | None = None
         self._last_audio_mono: dict[str, float] = {}
@@ -397,9 +396,19 @@ class Daemon:
         if root.level != logging.DEBUG:  # `sonitor -v` wins over the config
             root.setLevel(cfg.logging.level)
         self.metrics["start_time_seconds"].set(time.time())
+        # everything that can refuse to start (package, port, secrets, folders) comes first
         pipeline = Pipeline.build(cfg)
         self.pipelines[0] = pipeline
         self._init_metrics(cfg, pipeline)
+        if cfg.metrics.enabled:
+            host, port = cfg.metrics.host, cfg.metrics.port
+            try:
+                self.server = MetricsServer(self.metrics, self.health, host, port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"metrics.host/metrics.port: cannot listen on {host}:{port}: "
+                    f"{exc.strerror or exc}"
+                ) from None
         if cfg.clips.enabled:
             self.clip_writer = ClipWriter(clip_policy(cfg)).start()
         if cfg.mqtt.enabled:
@@ -411,10 +420,8 @@ class Daemon:
             self.windowers[src.name] = self._new_windower(src.name, pipeline, 0)
             self.realtime[src.name] = is_realtime(src)
             self._read_from[src.name] = self.manager_of[src.name]
-        if cfg.metrics.enabled:
-            self.server = MetricsServer(
-                self.metrics, self.health, cfg.metrics.host, cfg.metrics.port
-            ).start()
+        if self.server is not None:
+            self.server.start()
             host, port = self.server.address
             log.info("metrics on http://%s:%d/metrics, health on /healthz", host, port)
         self._inference_thread = threading.Thread(
@@ -516,8 +523,8 @@ class Daemon:
         """Start, serve until SIGTERM/SIGINT, shut down; the exit code."""
         if install_signals:
             self._install_signals()
-        self.start()
         try:
+            self.start()
             self._main_loop()
         finally:
             self.shutdown()
@@ -628,6 +635,7 @@ class Daemon:
             log.warning("reload requested but the daemon has no config file; ignored")
             return False
         self.notifier.reloading()
+        old_cfg = self.cfg
         try:
             cfg = load_config(self.config_path)
             pipeline = Pipeline.build(cfg)
@@ -645,7 +653,7 @@ class Daemon:
         self.pipelines[gen] = pipeline
         for old in [g for g in self.pipelines if g < gen - 1]:
             del self.pipelines[old]
-        self._pending.put(("reload", (cfg, gen)))  # the inference thread adopts it
+        self._pending.put(("reload", (old_cfg, cfg, gen)))  # the inference thread adopts it
         self._sync_capture(cfg)
         old_windowers = self.windowers
         self.windowers = {}
@@ -657,6 +665,9 @@ class Daemon:
             # same capture manager = same sample clock: continue without losing audio
             if old is not None and self._read_from.get(src.name) is manager:
                 resumed += new.resume_from(old)
+            else:  # a new capture manager starts a new sample clock
+                self._carry.pop(src.name, None)
+                self._clock.pop(src.name, None)
             self.windowers[src.name] = new
             self.realtime[src.name] = is_realtime(src)
             self._read_from[src.name] = manager
@@ -700,8 +711,6 @@ class Daemon:
                         break
         except Exception:  # noqa: BLE001 - logged; the main loop exits non-zero
             log.exception("inference thread crashed")
-        finally:
-            self._inference_done.set()
 
     def _drain_pending(self) -> None:
         while True:
@@ -714,9 +723,8 @@ class Daemon:
             elif kind == "command":
                 self._command(payload)
 
-    def _adopt(self, cfg: Config, gen: int) -> None:
+    def _adopt(self, old_cfg: Config, cfg: Config, gen: int) -> None:
         """Inference-side part of a reload: per-source state, MQTT, clips, metrics."""
-        old_cfg = self.cfg
         pipeline = self.pipelines[gen]
         t = time.time()
         if cfg.clips.enabled and (

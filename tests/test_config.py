@@ -16,7 +16,6 @@ from monitor.config import (
     format_loc,
     load_config,
     parse_config,
-    read_password,
 )
 from monitor.errors import ConfigError
 from monitor.example_config import generate
@@ -160,6 +159,15 @@ def test_inline_password_refused_and_secret_not_echoed(tmp_path: Path) -> None:
 def test_both_secret_references_refused(tmp_path: Path) -> None:
     msg = error_of(tmp_path, MINIMAL + "mqtt:\n  password_env: X\n  password_file: f\n")
     assert "either password_env or password_file" in msg
+    msg = error_of(tmp_path, MINIMAL + "mqtt:\n  password_env: X\n")
+    assert "needs a username" in msg
+
+
+def read_password(cfg: Config) -> str | None:
+    """The secret as the daemon reads it: config -> MqttSettings -> env variable or file."""
+    from monitor.daemon import mqtt_settings
+
+    return mqtt_settings(cfg).read_password()
 
 
 def test_read_password_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,21 +175,21 @@ def test_read_password_from_env_and_file(tmp_path: Path, monkeypatch: pytest.Mon
     cfg = load_config(
         write(tmp_path, MINIMAL + "mqtt:\n  username: u\n  password_env: SONITOR_TEST_PW\n")
     )
-    assert read_password(cfg.mqtt) == "s3cret"
+    assert read_password(cfg) == "s3cret"
     (tmp_path / "pw.txt").write_text("filepw\nignored\n")
     cfg = load_config(write(tmp_path, MINIMAL + "mqtt:\n  username: u\n  password_file: pw.txt\n"))
-    assert read_password(cfg.mqtt) == "filepw"
+    assert read_password(cfg) == "filepw"
     monkeypatch.delenv("SONITOR_TEST_PW")
     cfg = load_config(
         write(tmp_path, MINIMAL + "mqtt:\n  username: u\n  password_env: SONITOR_TEST_PW\n")
     )
     with pytest.raises(ConfigError, match="SONITOR_TEST_PW"):
-        read_password(cfg.mqtt)
+        read_password(cfg)
     cfg = load_config(
         write(tmp_path, MINIMAL + "mqtt:\n  username: u\n  password_file: nope.txt\n")
     )
     with pytest.raises(ConfigError, match="nope.txt"):
-        read_password(cfg.mqtt)
+        read_password(cfg)
 
 
 @pytest.mark.parametrize(

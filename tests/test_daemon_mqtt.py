@@ -304,3 +304,25 @@ def test_commands_mute_unmute_test_alert_and_reload(
     finally:
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
         live.close()
+
+
+def test_test_alert_command(
+    tmp_path: Path, package: Path, broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    cfg = write_config(tmp_path / "cfg.yaml", package, two_sources(tmp_path), broker=broker)
+    live = Subscriber(broker, [f"{PREFIX}/+/events"])
+    try:
+        assert main(["test-alert", "--config", str(cfg), "--source", "pump1"]) == 0
+        assert "acknowledged" in capsys.readouterr().out
+        got = live.collect(lambda g: len(g) >= 2, timeout=10)
+        events = events_of(got, "pump1")
+        assert [(e["kind"], e["type"]) for e in events] == [("test", "start"), ("test", "end")]
+        assert main(["test-alert", "--config", str(cfg), "--source", "nope"]) == 2
+        assert "no source named 'nope'" in capsys.readouterr().err
+    finally:
+        live.close()
+    off = write_config(tmp_path / "off.yaml", package, two_sources(tmp_path))
+    assert main(["test-alert", "--config", str(off)]) == 2
+    assert "mqtt.enabled is false" in capsys.readouterr().err
