@@ -20,6 +20,9 @@ from monitor.errors import SonitorError
 Handler = Callable[[argparse.Namespace], int]
 
 # Runtime modules that add subcommands: each has `register(subparsers)`.
+_RUNTIME_COMMAND_NAMES = frozenset(
+    {"run", "check-config", "test-alert", "devices", "enroll", "score"}
+)
 _RUNTIME_COMMAND_MODULES: tuple[str, ...] = (
     "monitor.cli_daemon",
     "monitor.cli_devices",
@@ -40,7 +43,8 @@ def _load_plugins(subparsers: argparse._SubParsersAction) -> list[str]:
     return missing
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
+def build_parser(plugins: bool = True) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The full parser; `plugins=False` leaves out training/export (fast, lean daemon start)."""
     parser = argparse.ArgumentParser(
         prog="sonitor",
         description="Listen to machines; tell people when one starts to sound wrong.",
@@ -52,7 +56,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
 
     for name in _RUNTIME_COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
-    missing = _load_plugins(subparsers)
+    missing = _load_plugins(subparsers) if plugins else []
     if missing:
         parser.epilog = (
             "Some subcommands are unavailable: "
@@ -62,8 +66,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     return parser, missing
 
 
+def _runtime_command(argv: list[str]) -> bool:
+    """True when argv names a runtime subcommand: the daemon then skips importing the training
+    and export plugins (seconds of start-up and ~100 MB of memory it never uses)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first in _RUNTIME_COMMAND_NAMES
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser, _ = build_parser(plugins=not _runtime_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
