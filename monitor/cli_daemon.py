@@ -78,7 +78,7 @@ def _writable_dir(path: Path, key: str) -> None:
 def check_config(cfg: Config) -> list[str]:
     """Errors raise (ConfigError/PackageError/AudioError naming the key); returns warnings."""
     from monitor.audio_io import audio_info
-    from monitor.daemon import Pipeline, clip_policy, mqtt_settings
+    from monitor.wiring import Pipeline, clip_policy, mqtt_settings
 
     warnings: list[str] = []
     pipeline = Pipeline.build(cfg)  # package, machines, windows vs the front-end
@@ -156,8 +156,8 @@ def check_config_cmd(args: argparse.Namespace, out: TextIO | None = None) -> int
 
 
 def test_alert(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from monitor.daemon import mqtt_settings
     from monitor.mqtt import publish_test_alert
+    from monitor.wiring import mqtt_settings
 
     out = sys.stdout if out is None else out
     cfg = load_config(args.config)

@@ -24,37 +24,41 @@ import logging
 import math
 import queue
 import signal
-import statistics
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from monitor import __version__
-from monitor.alerts import AlertEvent, AlertMachine, AlertPolicy
+from monitor.alerts import AlertEvent, AlertMachine
 from monitor.capture import (
     CaptureManager,
-    DeviceSourceSpec,
-    FileSourceSpec,
-    LivenessSpec,
     SourceHealth,
     SourceState,
 )
-from monitor.clips import ClipPolicy, ClipRecorder, ClipWriter
+from monitor.clips import ClipRecorder, ClipWriter
 from monitor.config import Config, DeviceSource, FileSource, load_config
 from monitor.errors import ConfigError, SonitorError
 from monitor.frontend import SAMPLE_RATE
 from monitor.metrics import Metrics, MetricsServer
-from monitor.package import ModelPackage
 from monitor.payloads import health_payload, state_payload
-from monitor.runtime import Embedder, FrameStream
 from monitor.sdnotify import Notifier, Watchdog
-from monitor.windowing import SourceWindower, Window, WindowQueue, batches, stack
+from monitor.windowing import SourceWindower, Window, WindowQueue, batches
+from monitor.wiring import (
+    CaptureGroup,
+    Pipeline,
+    ScoreSmoother,
+    SourceRuntime,
+    alert_policy,
+    capture_groups,
+    clip_policy,
+    is_realtime,
+    liveness_spec,
+    mqtt_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,275 +77,6 @@ HEALTH_PERIOD_S = 0.5  # how often the inference thread looks at capture health
 HEALTH_REPUBLISH_S = 30.0  # retained health is re-published at least this often
 FLUSH_TIMEOUT_S = 2.0  # SIGTERM: time allowed to score the queued windows
 MQTT_STOP_TIMEOUT_S = 2.0
-
-
-# ------------------------------------------------------------------------ config mapping
-
-
-def liveness_spec(cfg: Config) -> LivenessSpec:
-    c = cfg.capture
-    return LivenessSpec(
-        stall_seconds=c.stall_seconds,
-        silence_seconds=c.silence_seconds,
-        silence_dbfs=c.silence_dbfs,
-        clip_fraction=c.clip_fraction,
-        clipping_seconds=c.clipping_seconds,
-        reopen_initial_seconds=c.reopen_initial_seconds,
-        reopen_max_seconds=c.reopen_max_seconds,
-        clip_level=c.clip_level,
-        check_interval_seconds=c.check_interval_seconds,
-    )
-
-
-def source_spec(src: DeviceSource | FileSource) -> DeviceSourceSpec | FileSourceSpec:
-    if isinstance(src, DeviceSource):
-        return DeviceSourceSpec(
-            name=src.name,
-            device=src.device,
-            channel=src.channel,
-            gain_db=src.gain_db,
-            samplerate=src.samplerate,
-            blocksize=src.blocksize,
-            latency=src.latency,
-        )
-    return FileSourceSpec(
-        name=src.name,
-        path=src.path,
-        realtime=src.realtime,
-        loop=src.loop,
-        gain_db=src.gain_db,
-        channel=src.channel,
-        block_s=src.block_seconds,
-    )
-
-
-def alert_policy(cfg: Config) -> AlertPolicy:
-    a = cfg.alerts
-    n, m = a.n_of_m
-    return AlertPolicy(
-        on_threshold=a.on_threshold,
-        critical_threshold=a.critical_threshold,
-        off_threshold=a.off_threshold,
-        n_above=n,
-        m_windows=m,
-        k_below=a.clear_windows,
-        min_hold_s=a.min_hold_seconds,
-        cooldown_s=a.cooldown_seconds,
-        update_interval_s=a.update_interval_seconds,
-        peak_step=a.peak_step,
-        invalid_limit=a.invalid_limit,
-        capture_alarm_delay_s=a.capture_alarm_delay_seconds,
-    )
-
-
-def clip_policy(cfg: Config) -> ClipPolicy:
-    c = cfg.clips
-    return ClipPolicy(
-        directory=cfg.clips_dir,
-        pre_roll_s=c.pre_roll_seconds,
-        post_roll_s=c.post_roll_seconds,
-        max_clip_s=c.max_event_seconds,
-        sample_rate=SAMPLE_RATE,
-        max_age_s=c.max_age_days * 86400.0,
-        max_total_bytes=c.max_total_bytes,
-        min_free_bytes=c.min_free_bytes,
-        retention_interval_s=c.retention_interval_seconds,
-    )
-
-
-def mqtt_settings(cfg: Config) -> Any:
-    from monitor.mqtt import MqttSettings
-
-    m = cfg.mqtt
-    return MqttSettings(
-        host=m.host,
-        port=m.port,
-        topic_prefix=cfg.mqtt_topic_prefix,
-        client_id=cfg.mqtt_client_id,
-        qos=m.qos,
-        keepalive_s=m.keepalive_seconds,
-        username=m.username,
-        password_env=m.password_env,
-        password_file=m.password_file,
-        tls=m.tls.enabled,
-        tls_ca_file=m.tls.ca_file,
-        tls_cert_file=m.tls.cert_file,
-        tls_key_file=m.tls.key_file,
-        tls_insecure=m.tls.insecure,
-        protocol=m.protocol,
-        reconnect_min_s=m.reconnect_min_seconds,
-        reconnect_max_s=m.reconnect_max_seconds,
-        outbox_path=cfg.outbox_path,
-        outbox_max_rows=m.outbox.max_messages,
-        outbox_max_bytes=m.outbox.max_bytes,
-    )
-
-
-def is_realtime(src: DeviceSource | FileSource) -> bool:
-    return isinstance(src, DeviceSource) or src.realtime
-
-
-# ------------------------------------------------------------------------ model pipeline
-
-
-@dataclass
-class Pipeline:
-    """A loaded package and its encoder: one per config generation (reload builds a new one)."""
-
-    package: ModelPackage
-    embedder: Embedder
-    window_samples: int
-    hop_samples: int
-    thresholds: dict[str, float]  # per source: raw-score threshold in use
-    machines: dict[str, str]  # per source: machine name
-
-    @classmethod
-    def build(cls, cfg: Config) -> Pipeline:
-        pkg = ModelPackage.load(cfg.model.package)
-        machines: dict[str, str] = {}
-        thresholds: dict[str, float] = {}
-        for i, src in enumerate(cfg.sources):
-            if src.machine not in pkg.machines:
-                raise ConfigError(
-                    f"sources[{i}].machine: {src.machine!r} (source {src.name!r}) is not in the "
-                    f"model package {pkg.path} (machines: {', '.join(pkg.machines) or 'none'}); "
-                    "add it with `sonitor enroll`"
-                )
-            machines[src.name] = src.machine
-            thresholds[src.name] = (
-                src.threshold if src.threshold is not None else pkg.machine(src.machine).threshold
-            )
-        win_s = cfg.windows.window_seconds or pkg.window_seconds
-        hop_s = cfg.windows.hop_seconds or pkg.hop_seconds
-        if hop_s > win_s:
-            raise ConfigError(
-                f"windows: hop ({hop_s} s) exceeds the window ({win_s} s; "
-                "one of them comes from the package)"
-            )
-        embedder = Embedder(pkg, threads=cfg.model.threads, precision=cfg.model.precision)
-        window, hop = round(win_s * SAMPLE_RATE), round(hop_s * SAMPLE_RATE)
-        if embedder.streaming:
-            for key, n, secs in (("window_seconds", window, win_s), ("hop_seconds", hop, hop_s)):
-                if n % embedder.hop_length:
-                    raise ConfigError(
-                        f"windows.{key}: {secs} s = {n} samples is not a multiple of the "
-                        f"front-end hop ({embedder.hop_length} samples = "
-                        f"{embedder.hop_length / SAMPLE_RATE * 1000:g} ms)"
-                    )
-        return cls(pkg, embedder, window, hop, thresholds, machines)
-
-    def frames_factory(self) -> Callable[[], FrameStream] | None:
-        if not self.embedder.streaming:
-            return None  # a separator needs the waveform: windows carry audio instead
-        return lambda: FrameStream(self.embedder)
-
-    def embed(self, windows: list[Window], metrics: Metrics) -> np.ndarray:
-        """One encoder call for a batch of windows (of any sources)."""
-        x = stack(windows)
-        if windows[0].kind == "frames":
-            t0 = time.perf_counter()
-            emb = self.embedder.embed_frames(x)
-        else:
-            if self.embedder.separator is not None:
-                t0 = time.perf_counter()
-                x = np.ascontiguousarray(self.embedder.separate(x), dtype=np.float32)
-                metrics.observe_stage("separator", time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            emb = self.embedder.encoder(x)  # the full graph; separation already done
-        metrics.observe_stage("encoder", time.perf_counter() - t0)
-        return emb
-
-
-# ------------------------------------------------------------------------ per-source state
-
-
-class ScoreSmoother:
-    """EMA or running median of the normalised score; non-finite scores are skipped."""
-
-    def __init__(self, method: str, alpha: float, n: int) -> None:
-        self.method, self.alpha = method, alpha
-        self._ema: float | None = None
-        self._last: deque[float] = deque(maxlen=max(1, n))
-
-    def update(self, x: float) -> float:
-        if not math.isfinite(x):
-            return self.value if self.value is not None else float("nan")
-        if self.method == "ema":
-            self._ema = x if self._ema is None else self.alpha * x + (1 - self.alpha) * self._ema
-            return self._ema
-        if self.method == "median":
-            self._last.append(x)
-            return float(statistics.median(self._last))
-        self._ema = x
-        return x
-
-    @property
-    def value(self) -> float | None:
-        if self.method == "median":
-            return float(statistics.median(self._last)) if self._last else None
-        return self._ema
-
-
-@dataclass
-class SourceRuntime:
-    """Inference-thread state of one source."""
-
-    name: str
-    realtime: bool
-    alert: AlertMachine
-    smoother: ScoreSmoother
-    policy: AlertPolicy
-    recorder: ClipRecorder | None = None
-    t0: float | None = None  # wall time of sample 0 (audio-time clock of fast sources)
-    last_window_mono: float = 0.0
-    last_state_pub: float = -1e9
-    last_health_pub: float = -1e9
-    last_health_key: tuple[Any, ...] | None = None
-    last: dict[str, Any] = field(default_factory=dict)  # latest scores, for state and health
-    clip_names: dict[str, str] = field(default_factory=dict)  # event id -> clip file
-    clip_fed_upto: int | None = None  # sample clock: audio handed to the recorder so far
-
-    def window_time(self, w: Window) -> float:
-        if self.realtime:
-            return w.ready_wall - (w.meta.get("ready_sample", w.end_sample) - w.end_sample) / (
-                SAMPLE_RATE
-            )
-        if self.t0 is None:
-            self.t0 = w.ready_wall - w.end_sample / SAMPLE_RATE
-        return self.t0 + w.end_sample / SAMPLE_RATE
-
-
-# ------------------------------------------------------------------------ capture groups
-
-
-def capture_groups(cfg: Config) -> dict[tuple[str, ...], list[DeviceSourceSpec | FileSourceSpec]]:
-    """Device sources share one manager (one PortAudio re-scan domain); each file its own, so a
-    reload that touches one file source restarts only that source."""
-    groups: dict[tuple[str, ...], list[DeviceSourceSpec | FileSourceSpec]] = {}
-    devices = [source_spec(s) for s in cfg.sources if isinstance(s, DeviceSource)]
-    if devices:
-        groups[("devices",)] = devices
-    for s in cfg.sources:
-        if isinstance(s, FileSource):
-            groups[("file", s.name)] = [source_spec(s)]
-    return groups
-
-
-@dataclass
-class CaptureGroup:
-    specs: list[DeviceSourceSpec | FileSourceSpec]
-    liveness: LivenessSpec
-    buffer_s: float
-    history_s: float
-    manager: CaptureManager
-
-    def same(self, specs: list, lv: LivenessSpec, buffer_s: float, history_s: float) -> bool:
-        return (specs, lv, buffer_s, history_s) == (
-            self.specs,
-            self.liveness,
-            self.buffer_s,
-            self.history_s,
-        )
 
 
 # ------------------------------------------------------------------------ the daemon

@@ -326,3 +326,27 @@ class MetricsServer:
             self._server.shutdown()
             self._thread.join(timeout=2)
         self._server.server_close()
+
+
+def metrics_markdown() -> str:
+    """The metric reference (`docs/metrics.md`), generated from `METRICS` so it cannot drift."""
+    lines = [
+        "# Prometheus metrics",
+        "",
+        "Generated from `monitor/metrics.py` by `python -m monitor.metrics`; do not edit.",
+        "Served on `/metrics` (127.0.0.1:9464 by default); `/healthz` answers 200 or 503 with a",
+        "JSON body saying which part of the pipeline (capture, inference, broker) is stalled.",
+        "",
+        "| metric | type | labels | meaning |",
+        "|---|---|---|---|",
+    ]
+    for m in METRICS:
+        name = m.exposed if m.kind != "info" else PREFIX + m.name
+        labels = ", ".join(f"`{label}`" for label in m.labels)
+        lines.append(f"| `{name}` | {m.kind} | {labels} | {m.help} |")
+    lines += ["", f"Latency stages (`stage` label): {', '.join(f'`{s}`' for s in STAGES)}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(metrics_markdown(), end="")

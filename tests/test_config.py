@@ -165,7 +165,7 @@ def test_both_secret_references_refused(tmp_path: Path) -> None:
 
 def read_password(cfg: Config) -> str | None:
     """The secret as the daemon reads it: config -> MqttSettings -> env variable or file."""
-    from monitor.daemon import mqtt_settings
+    from monitor.wiring import mqtt_settings
 
     return mqtt_settings(cfg).read_password()
 

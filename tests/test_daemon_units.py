@@ -14,8 +14,11 @@ from package_fixtures import exported_tiny_encoder, make_tiny_package
 
 from monitor.capture import DeviceSourceSpec, FileSourceSpec
 from monitor.config import load_config, parse_config
-from monitor.daemon import (
-    Daemon,
+from monitor.daemon import Daemon
+from monitor.errors import ConfigError
+from monitor.metrics import Metrics
+from monitor.sdnotify import Notifier
+from monitor.wiring import (
     Pipeline,
     ScoreSmoother,
     alert_policy,
@@ -25,9 +28,6 @@ from monitor.daemon import (
     mqtt_settings,
     source_spec,
 )
-from monitor.errors import ConfigError
-from monitor.metrics import Metrics
-from monitor.sdnotify import Notifier
 
 FULL = """\
 node: {name: plant-7}
