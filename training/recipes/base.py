@@ -10,6 +10,7 @@ Then `score(machine, waves)` gives anomaly scores (higher = more anomalous) and
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -17,6 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from monitor.scoring import make_scorer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,8 +98,15 @@ class EmbeddingRecipe(Recipe):
     def scorer_name(self) -> str:
         return self.options.scorer or self.default_scorer
 
-    def make_scorer(self) -> Any:
+    def make_scorer(self, domains: list[str | None] | None = None) -> Any:
         name = self.scorer_name()
+        n_target = sum(d == "target" for d in domains or [])
+        if name == "rescaled_knn_domainwise" and 0 < n_target < 3:
+            log.warning(
+                "only %d target clip(s): a domain-wise target bank needs 3; using the pooled bank",
+                n_target,
+            )
+            name = "rescaled_knn"
         params: dict[str, Any] = {}
         if "knn" in name:
             params["metric"] = self.default_metric
@@ -107,7 +117,8 @@ class EmbeddingRecipe(Recipe):
     def fit_machine(self, data: MachineArrays) -> None:
         x = self.embed(data.waves)
         self.train_embeddings[data.machine] = x
-        self.scorers[data.machine] = self.make_scorer().fit(x, domains=data.domains)
+        scorer = self.make_scorer(data.domains)
+        self.scorers[data.machine] = scorer.fit(x, domains=data.domains)
 
     def score(self, machine: str, waves: np.ndarray) -> np.ndarray:
         return self.scorers[machine].score_samples(self.embed(waves))

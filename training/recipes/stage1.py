@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 class Stage1(EmbeddingRecipe):
     name: ClassVar[str] = "stage1"
     summary: ClassVar[str] = "frozen pretrained CED + rescaled k-NN (first seed, stage 1)"
-    default_scorer: ClassVar[str] = "rescaled_knn"
+    # Domain-wise banks (GenRep, DCASE 2025): the pooled bank with K = 16 > 10 target clips
+    # over-shrinks target distances; on the synthetic benchmark pooled 0.70 vs domain-wise 0.83
+    # (README, benchmarks/bench_recipes.py). `--scorer rescaled_knn` gives the pooled variant.
+    default_scorer: ClassVar[str] = "rescaled_knn_domainwise"
     # Raw pretrained embeddings: Euclidean distance (asd-facts.md section 2).
     default_metric: ClassVar[str] = "euclidean"
 
