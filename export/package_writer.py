@@ -203,7 +203,7 @@ def write_package(
                 bank.domain_list(),
                 bank.scorer_name,
                 bank.scorer_params,
-                _Arrays(bank.scorer_arrays),
+                bank.scorer_arrays,
                 bank.calibration_scores,
             )
             w.write_json(entry["calibration"], cal.to_dict())
@@ -212,14 +212,6 @@ def write_package(
     if archive:
         pack_archive(out, archive)
     return out
-
-
-class _Arrays:
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        self.arrays = arrays
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return self.arrays
 
 
 def score_parity(

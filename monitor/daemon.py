@@ -35,6 +35,7 @@ import numpy as np
 from monitor import __version__
 from monitor.alerts import AlertEvent, AlertMachine
 from monitor.capture import (
+    ALARM_STATES,
     CaptureManager,
     SourceHealth,
     SourceState,
@@ -63,16 +64,7 @@ from monitor.wiring import (
 log = logging.getLogger(__name__)
 
 # Capture states that mean "do not trust this audio": anomaly alerts pause, a capture alarm runs.
-UNHEALTHY_STATES = frozenset(
-    {
-        SourceState.SILENT,
-        SourceState.CLIPPING,
-        SourceState.STALLED,
-        SourceState.MISSING,
-        SourceState.REOPENING,
-        SourceState.ERROR,
-    }
-)
+UNHEALTHY_STATES = ALARM_STATES
 HEALTH_PERIOD_S = 0.5  # how often the inference thread looks at capture health
 HEALTH_REPUBLISH_S = 30.0  # retained health is re-published at least this often
 FLUSH_TIMEOUT_S = 2.0  # SIGTERM: time allowed to score the queued windows

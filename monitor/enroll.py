@@ -407,7 +407,7 @@ def write_machine(
             bank.domain_list(),
             bank.scorer_name,
             bank.scorer_params,
-            _arrays_obj(bank.scorer_arrays),
+            bank.scorer_arrays,
             bank.calibration_scores,
         )
         w.write_json(entry["calibration"], cal.to_dict())
@@ -425,16 +425,6 @@ def write_machine(
                 _before_swap(Path(tmp) / "package")
             pack_archive(Path(tmp) / "package", pkg.archive)
     return manifest_version(dest)
-
-
-class _arrays_obj:
-    """Adapter: `save_bank` takes a scorer; here the arrays are already computed."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        self._arrays = arrays
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return self._arrays
 
 
 def enroll(

@@ -123,7 +123,10 @@ def save_bank(
     scorer: Any,
     calibration_scores: np.ndarray,
 ) -> None:
-    """Write a bank as a pickle-free ``.npz`` (scorer via its ``to_arrays()``)."""
+    """Write a bank as a pickle-free ``.npz``.
+
+    ``scorer`` is a fitted scorer (its ``to_arrays()`` is stored) or those arrays already.
+    """
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"bank embeddings must be [N, D], got shape {x.shape}")
@@ -137,7 +140,8 @@ def save_bank(
         "scorer_params": np.asarray(json.dumps(dict(scorer_params), sort_keys=True)),
         "calibration_scores": np.asarray(calibration_scores, dtype=np.float64),
     }
-    for key, value in scorer.to_arrays().items():
+    scorer_arrays = scorer if isinstance(scorer, Mapping) else scorer.to_arrays()
+    for key, value in scorer_arrays.items():
         arr = np.asarray(value)
         if arr.dtype == object:
             raise ValueError(f"scorer array {key!r} has dtype object, which needs pickle")
