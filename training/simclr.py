@@ -177,6 +177,8 @@ def train_simclr(
     restarts: int = RESTARTS,
     embedding: Literal["encoder", "projection"] = "encoder",
     bf16: bool = False,
+    positives: Literal["same_crop", "other_crop"] = "same_crop",
+    augment_both: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ResNet-18 + projection head with NT-Xent on normal clips [N, samples] (16 kHz).
 
@@ -240,10 +242,16 @@ def train_simclr(
         for idx in bar:
             starts = rng.integers(0, total_frames - frames + 1, size=len(idx))
             view1 = cache.crops(idx, starts, frames)
+            if augment_both:
+                k1 = augmenter.sample_kinds(len(idx), gen)
+                w1 = cache.wave_crops(idx, starts, frames)
+                view1 = augmenter(view1, w1, k1, gen)
+            if positives == "other_crop":
+                starts = rng.integers(0, total_frames - frames + 1, size=len(idx))
             kinds = augmenter.sample_kinds(len(idx), gen)
             needs_wave = any(k.startswith("noise") for k in kinds)
             wave = cache.wave_crops(idx, starts, frames) if needs_wave else None
-            view2 = augmenter(view1, wave, kinds, gen)
+            view2 = augmenter(cache.crops(idx, starts, frames), wave, kinds, gen)
             x = torch.cat([view1, view2]).unsqueeze(1).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 z = head(encoder.forward_logmel(x)).float()
