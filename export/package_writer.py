@@ -40,7 +40,6 @@ from monitor.package import (
     Bank,
     PackageWriter,
     pack_archive,
-    save_bank,
     utc_now,
     validate_machine_name,
 )
@@ -197,15 +196,7 @@ def write_package(
             validate_machine_name(spec.name)
             bank, cal = _machine_bank(spec, max_bank_size, method, q)
             entry = machine_entry(spec.name, bank, cal, [dict(history, **spec.info)])
-            save_bank(
-                w.path(entry["bank"]),
-                bank.embeddings,
-                bank.domain_list(),
-                bank.scorer_name,
-                bank.scorer_params,
-                bank.scorer_arrays,
-                bank.calibration_scores,
-            )
+            bank.save(w.path(entry["bank"]))
             w.write_json(entry["calibration"], cal.to_dict())
             manifest["machines"][spec.name] = entry
         out = w.commit(manifest)

@@ -39,7 +39,6 @@ from monitor.package import (
     manifest_version,
     pack_archive,
     package_lock,
-    save_bank,
     utc_now,
     validate_machine_name,
 )
@@ -401,15 +400,7 @@ def write_machine(
         for rel in pkg.manifest["files"]:
             if rel not in replaced:
                 w.add_file(rel, pkg.path / rel)
-        save_bank(
-            w.path(entry["bank"]),
-            bank.embeddings,
-            bank.domain_list(),
-            bank.scorer_name,
-            bank.scorer_params,
-            bank.scorer_arrays,
-            bank.calibration_scores,
-        )
+        bank.save(w.path(entry["bank"]))
         w.write_json(entry["calibration"], cal.to_dict())
 
     if pkg.archive is None:

@@ -113,6 +113,18 @@ class Bank:
     def domain_list(self) -> list[str | None]:
         return [d if d else None for d in self.domains.tolist()]
 
+    def save(self, path: str | Path) -> None:
+        """Write this bank with `save_bank`."""
+        save_bank(
+            path,
+            self.embeddings,
+            self.domain_list(),
+            self.scorer_name,
+            self.scorer_params,
+            self.scorer_arrays,
+            self.calibration_scores,
+        )
+
 
 def save_bank(
     path: str | Path,
