@@ -193,3 +193,21 @@ def test_augmenter_noise_needs_waves():
         aug(logmel[:1], None, ["noise_loud"])
     with pytest.raises(ValueError, match="kinds"):
         aug(logmel, None, ["mask_short"])
+
+
+def test_a_config_without_pitch_shift_keeps_the_spectrum_in_place():
+    """The simclr recipe's default (noise and masks only): no view moves the tone's band."""
+    _, logmel, waves = _aug()
+
+    def logmel_fn(w: torch.Tensor) -> torch.Tensor:
+        return _logmel(w.numpy())
+
+    cfg = AugmentConfig(kinds=("noise_loud", "noise_quiet", "mask_short", "mask_long"))
+    aug = Augmenter(FB, sample_rate=SR, n_fft=N_FFT, hop=HOP, logmel_fn=logmel_fn, config=cfg)
+    gen = torch.Generator().manual_seed(6)
+    assert set(aug.sample_kinds(200, gen)) == set(cfg.kinds)
+    kinds = aug.sample_kinds(len(logmel), gen)
+    out = aug(logmel, waves, kinds, gen)
+    for i, kind in enumerate(kinds):
+        assert not torch.allclose(out[i], logmel[i]), kind
+        assert _peak_band(out[i]) == _peak_band(logmel[i]), kind

@@ -1,4 +1,5 @@
-"""SimCLR trainer of the second seed: NT-Xent, the log-mel cache, the schedule, a tiny training."""
+"""SimCLR trainer of the second seed: NT-Xent, the log-mel cache, the schedule, the step budget,
+the stage readout the recipe embeds with, and a tiny training."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from sklearn.metrics import silhouette_score
 from monitor.errors import DataError
 from training.models.resnet import ResNetEncoder
 from training.simclr import (
+    MAX_STEPS,
+    MIN_STEPS,
     FFTLogMel,
     ProjectedEncoder,
+    StageEmbedder,
     _ClipCache,
     nt_xent,
+    step_budget,
     train_simclr,
     warm_restarts,
 )
@@ -225,3 +230,155 @@ def test_bad_hyper_parameters_are_clear_errors():
         train_simclr(waves, epochs=1, crop_seconds=-1.0, progress=False)
     with pytest.raises(ValueError, match="embedding"):
         train_simclr(waves, epochs=1, embedding="head", progress=False)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- step budget
+
+
+def test_step_budget_scales_with_the_data_and_is_clamped():
+    assert step_budget(1000) == 20 * 15  # 20 batches of 48 per pass, 15 passes
+    assert step_budget(170) == MIN_STEPS  # few clips: many passes, at least MIN_STEPS
+    assert step_budget(3000) == MAX_STEPS  # many clips: CPU time stays bounded
+    sizes = [2, 50, 300, 630, 1000, 1500, 3000, 10_000]
+    budgets = [step_budget(n) for n in sizes]
+    assert budgets == sorted(budgets)
+    assert step_budget(100, batch_size=10, epochs=3, min_steps=1, max_steps=1000) == 30
+    with pytest.raises(ValueError, match="step_budget"):
+        step_budget(0)
+    with pytest.raises(ValueError, match="min_steps"):
+        step_budget(100, min_steps=10, max_steps=5)
+
+
+def test_steps_fix_the_number_of_optimiser_steps():
+    waves = _classes(8, seed=5)[:, : SR // 2]  # 16 clips, batch 8: 2 steps per pass
+    _, hist = train_simclr(waves, steps=5, batch_size=8, crop_seconds=0.25, progress=False)
+    hyper = hist["hyper"]
+    assert hyper["steps"] == 5 and hyper["passes"] == 3 and hyper["epochs"] is None
+    assert len(hist["loss"]) == 3  # one entry per pass, the last one cut short
+    assert hyper["cycle_steps"] == 2  # 3 restarts over 5 steps: cycles of ceil(5 / 4)
+    with pytest.raises(ValueError, match="exactly one of epochs and steps"):
+        train_simclr(waves, epochs=1, steps=5, progress=False)
+    with pytest.raises(ValueError, match="exactly one of epochs and steps"):
+        train_simclr(waves, progress=False)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        train_simclr(waves, steps=0, progress=False)
+
+
+def test_view_pairing_options_train_and_are_recorded():
+    waves = _classes(4, seed=6)[:, : SR // 2]
+    kw = dict(steps=2, batch_size=4, crop_seconds=0.25, progress=False)
+    _, seed_pairs = train_simclr(waves, **kw)
+    _, other = train_simclr(waves, anchor="augmented", positives="other_crop", **kw)
+    assert other["hyper"]["anchor"] == "augmented" and other["hyper"]["positives"] == "other_crop"
+    assert all(math.isfinite(v) for v in other["loss"]) and other["loss"] != seed_pairs["loss"]
+    with pytest.raises(ValueError, match="anchor"):
+        train_simclr(waves, anchor="both", **kw)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positives"):
+        train_simclr(waves, positives="any", **kw)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- stage readout
+
+
+def test_stage_pooling_by_hand():
+    x = torch.zeros(1, 2, 3, 4)  # [B, C, F, T]
+    x[0, 0] = torch.tensor([[1.0, 1, 1, 1], [2, 2, 2, 2], [6, 6, 6, 6]])  # band means 1, 2, 6
+    x[0, 1, 1] = torch.tensor([4.0, 0, 0, 0])  # one burst in band 1: time mean 1
+    assert torch.allclose(StageEmbedder.pool(x, "mean"), torch.tensor([[3.0, 1 / 3]]))
+    both = StageEmbedder.pool(x, "mean+fmax")
+    assert torch.allclose(both, torch.tensor([[3.0, 1 / 3, 6.0, 1.0]]))
+
+
+def test_stage_embedder_reads_the_trained_encoder():
+    torch.manual_seed(0)
+    enc = ResNetEncoder().eval()
+    x = torch.from_numpy(_classes(1, seed=7))
+    full = StageEmbedder.from_encoder(enc, stage=4, pooling="mean")
+    with torch.no_grad():
+        assert torch.allclose(full(x), enc(x), atol=1e-5)  # stage 4 + mean = the 512-d encoder
+        first = StageEmbedder.from_encoder(enc, stage=1)
+        assert first.embed_dim == 128 and not first.training
+        logmel = enc.input_bn(enc.front_end(x).unsqueeze(1).transpose(1, 2)).transpose(1, 2)
+        fmap = enc.layer1(enc.maxpool(enc.relu(enc.bn1(enc.conv1(logmel)))))
+        assert torch.allclose(first(x), StageEmbedder.pool(fmap, "mean+fmax"), atol=1e-5)
+    assert first(x).shape == (2, 128)
+    keys = first.state_dict().keys()
+    assert any(k.startswith("encoder.layer1.") for k in keys)
+    assert not any(k.startswith(("encoder.layer2.", "encoder.layer4.")) for k in keys)
+    assert StageEmbedder(stage=2, pooling="mean").embed_dim == 128
+    with pytest.raises(ValueError, match="stage must be"):
+        StageEmbedder(stage=5)
+    with pytest.raises(ValueError, match="pooling must be"):
+        StageEmbedder(pooling="max")
+    with pytest.raises(ValueError, match="waveform batch"):
+        first(torch.zeros(SR))
+
+
+def test_stage_embedder_survives_a_run_dir_and_onnx_export(tmp_path):
+    """What the daemon gets: rebuilt from run.json (init_kwargs), exported, same numbers."""
+    from export.onnx_export import check_parity, export_encoder
+    from export.run_dir import load_run, save_run
+
+    torch.manual_seed(1)
+    model = StageEmbedder.from_encoder(ResNetEncoder(), stage=1)
+    save_run(tmp_path / "run", recipe="simclr", model=model, machines=[], window_seconds=1.0)
+    run = load_run(tmp_path / "run")
+    assert type(run.model) is StageEmbedder and run.model.init_kwargs == model.init_kwargs
+    x = _classes(1, seed=8)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))
+        assert torch.allclose(run.model(torch.from_numpy(x)), ref, atol=1e-6)
+    exported = export_encoder(model, tmp_path / "onnx", example_seconds=1.0)
+    assert (
+        exported.embedding_dim == 128 and exported.backbone is not None
+    )  # streaming split available
+    report = check_parity(model, exported, x)
+    assert report["full"]["min_cosine"] > 0.99999 and report["split"]["min_cosine"] > 0.99999
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def _arrays(machine: str, waves: np.ndarray):
+    from training.recipes.base import MachineArrays
+
+    return MachineArrays(machine, waves, ["source"] * len(waves))
+
+
+def test_recipe_defaults_follow_the_study():
+    from training.recipes.base import RecipeOptions
+    from training.recipes.simclr import AUGMENT, SimCLR
+
+    kw, stage, pooling = SimCLR().training_kwargs(630)
+    assert kw == {"augment": AUGMENT, "steps": step_budget(630)} and kw["steps"] == MIN_STEPS
+    assert (stage, pooling) == (1, "mean+fmax")
+    assert not any(k.startswith("pitch") for k in AUGMENT.kinds)  # no pitch shift: see docstring
+    kw, _, _ = SimCLR(RecipeOptions(epochs=3)).training_kwargs(630)  # --epochs wins over steps
+    assert kw["epochs"] == 3 and "steps" not in kw
+    extra = {"simclr": {"steps": 7, "stage": None, "embedding": "projection"}}
+    kw, stage, _ = SimCLR(RecipeOptions(extra=extra)).training_kwargs(630)
+    assert kw["steps"] == 7 and stage is None
+    with pytest.raises(ValueError, match="stage"):
+        SimCLR(RecipeOptions(extra={"simclr": {"embedding": "projection"}})).training_kwargs(9)
+
+
+def test_recipe_trains_once_embeds_with_stage_1_and_scores_anomalies():
+    """Normal = harmonic hum; an anomalous clip is the hum with impacts added."""
+    from training.recipes.base import RecipeOptions
+    from training.recipes.simclr import SimCLR
+
+    hum = _classes(12, seed=9)[:12]
+    clicks = _classes(4, seed=10)[4:]
+    extra = {"simclr": {"steps": 3, "batch_size": 8, "crop_seconds": 0.25}}
+    rec = SimCLR(RecipeOptions(progress=False, extra=extra))
+    rec.prepare({"a": _arrays("a", hum[:8]), "b": _arrays("b", hum[8:])})
+    assert isinstance(rec.model, StageEmbedder) and rec.model.init_kwargs["stage"] == 1
+    assert rec.history["hyper"]["steps"] == 3 and rec.history["hyper"]["n_clips"] == 12
+    rec.fit_machine(_arrays("a", hum))
+    assert rec.train_embeddings["a"].shape == (12, 128)
+    normal = _classes(4, seed=11)[:4]
+    scores = rec.score("a", np.concatenate([normal, clicks + normal]))
+    assert scores.shape == (8,) and scores[4:].min() > scores[:4].max()
+    d = rec.describe()
+    assert d["scorer"] == "mahalanobis" and d["steps"] == 3 and d["stage"] == 1
+    assert d["pooling"] == "mean+fmax"
