@@ -156,7 +156,7 @@ class StageEmbedder(nn.Module):
     resonance), which the average over all bands dilutes. Time is only averaged: a maximum over
     time follows transient background events (clanks, speech) more than the machine.
 
-    Stages after `stage` are not built, stored or run (stage 1 costs ~1/6 of the full network).
+    Stages after `stage` are not stored or run (stage 1: half the ResNet's compute).
     `stage=4, pooling="mean"` is exactly `ResNetEncoder.forward`. `init_kwargs` lets a run
     directory rebuild it (`export.run_dir`).
     """
@@ -377,7 +377,7 @@ def train_simclr(
     n = len(arr)
     bs = min(batch_size, n)
     steps_per_epoch = n // bs  # drop the ragged last batch: it would have few negatives
-    total_steps = steps_per_epoch * epochs if epochs is not None else int(steps)  # type: ignore[arg-type]
+    total_steps = steps_per_epoch * epochs if epochs is not None else int(steps or 0)
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     encoder.to(dev, memory_format=torch.channels_last).train()
     head.to(dev).train()
