@@ -29,6 +29,7 @@ from monitor.mcd import fast_mcd, mcd_reweight, ml_covariance, squared_mahalanob
 
 __all__ = [
     "DOMAINS",
+    "DomainwiseMahalanobisScorer",
     "METRICS",
     "SCORER_NAMES",
     "KNNScorer",
@@ -711,6 +712,145 @@ class MahalanobisScorer(Scorer):
         return scorer
 
 
+class DomainwiseMahalanobisScorer(Scorer):
+    """SQUARED Mahalanobis distance to the NEAREST domain mean, with one pooled covariance.
+
+    Why: a target domain (another speed, place or background) usually has a handful of training
+    clips: far too few for its own covariance, but enough for its own mean. Pooling the
+    within-domain scatter of all domains gives one well-posed covariance of how normal clips vary
+    *around their condition*, and each test clip is measured from the mean of the condition it
+    is closest to (``min`` over domains). The plain ``mahalanobis`` scorer instead fits one
+    Gaussian to source and target together, so the few target clips sit in its tail and the
+    target domain's normal clips score high. This is the Mahalanobis analogue of the domain-wise
+    k-NN banks (``rescaled_knn_domainwise``).
+
+    A domain with fewer than 2 clips has no usable mean-only model and is merged into source.
+    Singular scatter gets the same ridge rule as ``MahalanobisScorer``. Leave-one-out is exact
+    (Sherman-Morrison on the pooled scatter, the left-out clip's domain mean moved).
+    """
+
+    name: ClassVar[str] = "mahalanobis_domainwise"
+
+    def __init__(self) -> None:
+        self.n_features_in_: int | None = None
+
+    def __repr__(self) -> str:
+        return "DomainwiseMahalanobisScorer()"
+
+    def fit(
+        self, X: ArrayLike, domains: Sequence[str | None] | None = None
+    ) -> DomainwiseMahalanobisScorer:
+        X = _as_matrix(X)
+        codes = _domain_codes(domains, X.shape[0])
+        for d in range(len(DOMAINS)):
+            if 0 < int(np.sum(codes == d)) < 2:
+                codes[codes == d] = 0
+        n = X.shape[0]
+        if n < 2:
+            raise ValueError(f"DomainwiseMahalanobisScorer needs at least 2 embeddings; got {n}")
+        if np.ptp(X, axis=0).max() == 0:
+            raise ValueError("all embeddings are identical: their covariance is zero")
+        present = [d for d in range(len(DOMAINS)) if np.any(codes == d)]
+        means = np.stack([X[codes == d].mean(axis=0) for d in present])
+        E = X - means[np.searchsorted(present, codes)]
+        self.data_ = X.copy()
+        self.domains_ = codes
+        self.present_ = np.array(present, dtype=np.uint8)
+        self.locations_ = means
+        self.covariance_ = E.T @ E / n
+        self.precision_, self.ridge_ = MahalanobisScorer._precision(self.covariance_)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def partial_fit(
+        self, X: ArrayLike, domains: Sequence[str | None] | None = None
+    ) -> DomainwiseMahalanobisScorer:
+        """Refit on the stored embeddings plus ``X`` (exactly equal to fitting on both)."""
+        if not self.is_fitted:
+            return self.fit(X, domains)
+        X = self._check_query(X)
+        codes = _domain_codes(domains, X.shape[0])
+        both = [DOMAINS[c] for c in np.concatenate([self.domains_, codes])]
+        return self.fit(np.vstack([self.data_, X]), both)
+
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
+        Q = self._check_query(X)
+        per_domain = [squared_mahalanobis(Q, mu, self.precision_) for mu in self.locations_]
+        return np.min(np.stack(per_domain), axis=0)
+
+    def loo_scores(self) -> np.ndarray:
+        """Exact leave-one-out scores.
+
+        With the pooled scatter M = sum e e^T (e = x - its domain mean), removing x_i of a domain
+        with n_d clips gives M_i = M - c e_i e_i^T (c = n_d / (n_d - 1)) and moves that mean so
+        that x_i - mean_(-i) = c e_i. Sherman-Morrison gives M_i^-1 from M^-1; the covariance
+        of the N - 1 others is M_i / (N - 1), the fitted ridge is kept.
+        """
+        self._check_fitted()
+        X, codes = self.data_, self.domains_
+        n = X.shape[0]
+        slot = np.searchsorted(self.present_, codes)
+        E = X - self.locations_[slot]
+        B = E.T @ E + (n - 1) * self.ridge_ * np.eye(X.shape[1])
+        w, V = np.linalg.eigh(B)
+        w = np.where(w > 0, w, np.inf)
+        W = V / np.sqrt(w)  # B^-1 = W W^T
+        counts = np.bincount(slot, minlength=len(self.present_)).astype(np.float64)
+        c = counts[slot] / (counts[slot] - 1.0)
+        Ew = E @ W
+        a = np.einsum("ij,ij->i", Ew, Ew)
+        denom = np.maximum(1.0 - c * a, 1e-12)
+        own = (n - 1) * c * c * a / denom
+        scores = own
+        for j, mu in enumerate(self.locations_):
+            other = slot != j
+            if not np.any(other):
+                continue
+            Fw = (X[other] - mu) @ W
+            f_a = np.einsum("ij,ij->i", Fw, Fw)
+            f_e = np.einsum("ij,ij->i", Fw, Ew[other])
+            d = (n - 1) * (f_a + c[other] * f_e**2 / denom[other])
+            scores[other] = np.minimum(scores[other], d)
+        return scores
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            **self._header(),
+            "data": self.data_,
+            "domains": self.domains_,
+            "present": self.present_,
+            "locations": self.locations_,
+            "covariance_matrix": self.covariance_,
+            "precision": self.precision_,
+            "ridge": np.array(self.ridge_),
+        }
+
+    @classmethod
+    def _from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> DomainwiseMahalanobisScorer:
+        scorer = cls()
+        data = _read_matrix(arrays, "data")
+        n, p = data.shape
+        codes = _read_vector(arrays, "domains", n, kinds="u").astype(np.uint8)
+        if codes.size and codes.max() > 1:
+            raise PackageError("scorer array 'domains' holds codes other than 0/1")
+        present = np.asarray(arrays["present"]).astype(np.uint8).ravel()
+        if sorted(set(codes.tolist())) != present.tolist():
+            raise PackageError("scorer array 'present' does not match 'domains'")
+        locations = _read_matrix(arrays, "locations")
+        if locations.shape != (present.size, p):
+            raise PackageError(
+                f"scorer array 'locations' has shape {locations.shape}, expected "
+                f"{(present.size, p)}"
+            )
+        scorer.data_, scorer.domains_, scorer.present_ = data, codes, present
+        scorer.locations_ = locations
+        scorer.covariance_ = _read_square(arrays, "covariance_matrix", p)
+        scorer.precision_ = _read_square(arrays, "precision", p)
+        scorer.ridge_ = _read_float(arrays, "ridge")
+        scorer.n_features_in_ = p
+        return scorer
+
+
 # --------------------------------------------------------------------------------------------
 # registry and persistence
 
@@ -720,6 +860,7 @@ _REGISTRY: dict[str, tuple[type[Scorer], dict[str, Any]]] = {
     "rescaled_knn_domainwise": (RescaledKNNScorer, {"domainwise": True}),
     "mahalanobis": (MahalanobisScorer, {"covariance": "ml"}),
     "mahalanobis_robust": (MahalanobisScorer, {"covariance": "robust"}),
+    "mahalanobis_domainwise": (DomainwiseMahalanobisScorer, {}),
 }
 SCORER_NAMES = tuple(_REGISTRY)
 

@@ -1,0 +1,81 @@
+"""Train a recipe once, then compare scorers on the same embeddings (SYNTHETIC benchmark data).
+
+    python benchmarks/scorer_study.py DATA_DIR --recipe simclr --out bench-out/scorers
+
+Embeddings are cached in `<out>/embeddings.npz` (plain arrays), so a second run only re-scores.
+Prints one official score per scorer, as in `benchmarks/bench_recipes.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from monitor.scoring import make_scorer
+from training import metrics
+from training.data import discover, load_clips
+from training.evaluate import _load_machine
+from training.recipes.base import RecipeOptions
+from training.recipes.registry import make_recipe
+
+SCORERS = ("mahalanobis", "mahalanobis_domainwise", "knn", "rescaled_knn_domainwise")
+
+
+def embed_all(data_dir: Path, recipe: str, seed: int) -> dict[str, np.ndarray]:
+    found = discover(data_dir)
+    rec, _ = make_recipe(recipe, RecipeOptions(seed=seed, progress=False))
+    arrays = {m: _load_machine(md, rec.uses_supplemental, None, seed, 2) for m, md in found.items()}
+    t0 = time.perf_counter()
+    rec.prepare(arrays)
+    print(f"prepare {time.perf_counter() - t0:.0f} s", flush=True)
+    out: dict[str, np.ndarray] = {}
+    for m, md in found.items():
+        out[f"{m}/train"] = rec.embed(arrays[m].waves)
+        out[f"{m}/train_domains"] = np.array([d or "source" for d in arrays[m].domains])
+        out[f"{m}/test"] = rec.embed(load_clips(md.test, workers=2))
+        out[f"{m}/test_domains"] = np.array([c.domain or "source" for c in md.test])
+        out[f"{m}/test_labels"] = np.array([c.label == "anomaly" for c in md.test], int)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data_dir", type=Path)
+    ap.add_argument("--recipe", default="simclr")
+    ap.add_argument("--out", type=Path, default=Path("bench-out/scorers"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scorers", nargs="+", default=list(SCORERS))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = args.out / "embeddings.npz"
+    if cache.exists():
+        emb = dict(np.load(cache, allow_pickle=False))
+    else:
+        emb = embed_all(args.data_dir, args.recipe, args.seed)
+        np.savez(cache, **emb)
+    machines = sorted({k.split("/")[0] for k in emb})
+    results = {}
+    for name in args.scorers:
+        params = {"metric": "cosine"} if "knn" in name else {}
+        rows = []
+        for m in machines:
+            sc = make_scorer(name, **params).fit(
+                emb[f"{m}/train"], domains=list(emb[f"{m}/train_domains"])
+            )
+            s = sc.score_samples(emb[f"{m}/test"])
+            r = metrics.machine_scores(emb[f"{m}/test_labels"], s, list(emb[f"{m}/test_domains"]))
+            r["machine"] = m
+            rows.append(r)
+        table = metrics.summary_table(rows)
+        results[name] = table[-1]
+        off = metrics.official_score(rows)
+        print(f"{args.recipe}:{name}: official {off:.4f}  {json.dumps(table[-1], default=str)}")
+    (args.out / "scorers.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
