@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # The CPU build of torch; installed first so that `.[train]`'s range never pulls a CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv demo test lint format system-deps bench clean
+.PHONY: venv demo test lint format system-deps install bench clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ system-deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    mosquitto mosquitto-clients prometheus pulseaudio pulseaudio-utils \
 	    libasound2-plugins libportaudio2 libsndfile1 openssl
+
+# The runtime as a systemd service (run as root): user, /opt/sonitor venv without torch,
+# /etc/sonitor/config.yaml (kept if present), the unit. INSTALL_ARGS=--dry-run shows the steps.
+install:
+	sh deploy/install.sh $(INSTALL_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -110,6 +110,10 @@ class SourceState(str, enum.Enum):
     STOPPED = "stopped"  # the manager was stopped
 
 
+# States of a device the supervisor keeps trying to (re)open: the daemon is working, the
+# hardware is not, so the systemd watchdog keeps being fed (see Daemon.progressing).
+RETRY_STATES = frozenset({SourceState.STALLED, SourceState.MISSING, SourceState.REOPENING})
+
 # States in which the audio cannot be trusted (alerts pause, a capture alarm is due).
 ALARM_STATES = frozenset(
     {
@@ -719,6 +723,11 @@ class CaptureManager:
     @property
     def samplerate(self) -> int:
         return TARGET_RATE
+
+    @property
+    def supervising(self) -> bool:
+        """True while the supervisor thread (liveness checks, reopen attempts) is alive."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         """Open what can be opened now (missing devices are not fatal) and start supervising."""

@@ -419,6 +419,52 @@ class MqttConfig(Strict):
         return self
 
 
+_TOPIC_LEVELS = r"^[^#+/\s]+(/[^#+/\s]+)*$"
+_SPARKPLUG_ID = r"^[^#+/\s]+$"
+
+
+class HomeAssistantConfig(Strict):
+    enabled: bool = Field(
+        False,
+        description="Publish Home Assistant MQTT discovery (one HA device per source, reading the "
+        "retained state and health topics). Needs mqtt.enabled.",
+    )
+    discovery_prefix: str = Field(
+        "homeassistant",
+        min_length=1,
+        pattern=_TOPIC_LEVELS,
+        description="HA's discovery prefix; configs go to <prefix>/<component>/<id>/config and "
+        "HA's birth message <prefix>/status = online makes the daemon publish them again.",
+    )
+
+
+class SparkplugConfig(Strict):
+    enabled: bool = Field(
+        False,
+        description="Run a Sparkplug B edge node (for SCADA such as Ignition) on the mqtt broker "
+        "connection: this daemon is the edge node, each source a device. Needs mqtt.enabled.",
+    )
+    group_id: str = Field(
+        "sonitor", pattern=_SPARKPLUG_ID, description="Sparkplug group id (no '/', '+', '#')."
+    )
+    edge_node_id: str | None = Field(
+        None, pattern=_SPARKPLUG_ID, description="Sparkplug edge node id; null = node.name."
+    )
+    primary_host_id: str | None = Field(
+        None,
+        pattern=_SPARKPLUG_ID,
+        description="Primary host application id: births wait for its STATE online, and device "
+        "data is held (store and forward) while it is offline. null = no primary host.",
+    )
+    store_max_messages: int = Field(
+        10000,
+        ge=1,
+        le=1_000_000,
+        description="Bound of the in-memory store-and-forward queue (DDATA messages); beyond it "
+        "the oldest are dropped (counted). Not kept across restarts.",
+    )
+
+
 class MetricsConfig(Strict):
     enabled: bool = Field(True, description="Serve /metrics (Prometheus) and /healthz.")
     host: str = Field(
@@ -465,6 +511,12 @@ class Config(Strict):
     )
     clips: ClipsConfig = Field(default_factory=ClipsConfig, description="Event clips.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT publishing.")
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery."
+    )
+    sparkplug: SparkplugConfig = Field(
+        default_factory=SparkplugConfig, description="Sparkplug B edge node."
+    )
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="Prometheus metrics and health endpoint."
     )
@@ -484,6 +536,15 @@ class Config(Strict):
             seen[src.name] = i
         return sources
 
+    @model_validator(mode="after")
+    def _integrations_need_mqtt(self) -> Config:
+        for key in ("homeassistant", "sparkplug"):
+            if getattr(self, key).enabled and not self.mqtt.enabled:
+                raise ValueError(
+                    f"{key}.enabled: true needs mqtt.enabled: true (it uses the mqtt connection)"
+                )
+        return self
+
     # Derived values live here so every consumer resolves defaults the same way.
     @property
     def clips_dir(self) -> Path:
@@ -502,6 +563,15 @@ class Config(Strict):
     @property
     def mqtt_topic_prefix(self) -> str:
         return self.mqtt.topic_prefix or f"sonitor/{self.node.name}"
+
+    @property
+    def sparkplug_edge_node_id(self) -> str:
+        return self.sparkplug.edge_node_id or self.node.name
+
+    @property
+    def sparkplug_bdseq_path(self) -> Path:
+        """The last Sparkplug bdSeq, so that a restarted node increments it."""
+        return self.paths.state_dir / "sparkplug-bdseq.json"
 
     def source(self, name: str) -> DeviceSource | FileSource:
         for src in self.sources:

@@ -36,6 +36,7 @@ from monitor import __version__
 from monitor.alerts import AlertEvent, AlertMachine
 from monitor.capture import (
     ALARM_STATES,
+    RETRY_STATES,
     CaptureManager,
     SourceHealth,
     SourceState,
@@ -56,9 +57,12 @@ from monitor.wiring import (
     alert_policy,
     capture_groups,
     clip_policy,
+    integrations_key,
     is_realtime,
     liveness_spec,
     mqtt_settings,
+    source_machines,
+    sparkplug_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -97,6 +101,8 @@ class Daemon:
         self.realtime: dict[str, bool] = {}
         self.sources: dict[str, SourceRuntime] = {}
         self.mqtt: Any = None
+        self.homeassistant: Any = None  # HomeAssistantDiscovery when homeassistant.enabled
+        self.sparkplug: Any = None  # SparkplugNode when sparkplug.enabled
         self.clip_writer: ClipWriter | None = None
         self.server: MetricsServer | None = None
         self._stop = threading.Event()
@@ -140,6 +146,7 @@ class Daemon:
             self.clip_writer = ClipWriter(clip_policy(cfg)).start()
         if cfg.mqtt.enabled:
             self.mqtt = self._start_mqtt(cfg)
+        self._start_integrations(cfg)
         for src in cfg.sources:
             self.sources[src.name] = self._new_source_runtime(src, cfg)
         self._sync_capture(cfg)
@@ -180,6 +187,37 @@ class Daemon:
         for verb in ("mute", "unmute", "test_alert"):
             client.on_command(verb, lambda cmd: self._pending.put(("command", cmd)))
         return client.start()
+
+    def _start_integrations(self, cfg: Config) -> None:
+        """Home Assistant discovery and the Sparkplug B node: side sessions on the mqtt broker,
+        fed from the same state and health the daemon publishes (``_publish_state/health``)."""
+        if cfg.homeassistant.enabled:
+            from monitor.homeassistant import HomeAssistantDiscovery
+
+            self.homeassistant = HomeAssistantDiscovery(
+                mqtt_settings(cfg),
+                cfg.node.name,
+                source_machines(cfg),
+                discovery_prefix=cfg.homeassistant.discovery_prefix,
+                sw_version=__version__,
+            ).start()
+        if cfg.sparkplug.enabled:
+            from monitor.sparkplug import SparkplugNode
+
+            self.sparkplug = SparkplugNode(
+                mqtt_settings(cfg),
+                sparkplug_settings(cfg),
+                list(source_machines(cfg)),
+                version=__version__,
+            ).start()
+
+    def _stop_integrations(self) -> None:
+        if self.homeassistant is not None:
+            self.homeassistant.stop()
+            self.homeassistant = None
+        if self.sparkplug is not None:
+            self.sparkplug.stop(timeout=MQTT_STOP_TIMEOUT_S)  # publishes NDEATH
+            self.sparkplug = None
 
     def _init_metrics(self, cfg: Config, pipeline: Pipeline) -> None:
         self.metrics.init_sources((s.name, s.machine, s.type) for s in cfg.sources)
@@ -510,6 +548,14 @@ class Daemon:
                 self.mqtt = None
             if cfg.mqtt.enabled:
                 self.mqtt = self._start_mqtt(cfg)
+        if integrations_key(cfg) != integrations_key(old_cfg):
+            self._stop_integrations()
+            self._start_integrations(cfg)
+        elif source_machines(cfg) != source_machines(old_cfg):
+            if self.homeassistant is not None:  # deletes the entities of removed sources
+                self.homeassistant.set_sources(source_machines(cfg))
+            if self.sparkplug is not None:  # DDEATH for removed sources, then a rebirth
+                self.sparkplug.set_sources(list(source_machines(cfg)))
         self._init_metrics(cfg, pipeline)
         if self.server is not None and (cfg.metrics.host, cfg.metrics.port) != (
             old_cfg.metrics.host,
@@ -749,20 +795,20 @@ class Daemon:
         rt.last_state_pub = now
         last = rt.last
         t0 = time.perf_counter()
-        self.mqtt.publish_state(
+        payload = state_payload(
             rt.name,
-            state_payload(
-                rt.name,
-                time=last["t"],
-                status=rt.alert.status(),
-                score=last["raw"],
-                normalised_score=last["norm"],
-                threshold=last["threshold"],
-                level_dbfs=last["level"],
-                capture_healthy=last["healthy"],
-                model_version=last["version"],
-            ),
+            time=last["t"],
+            status=rt.alert.status(),
+            score=last["raw"],
+            normalised_score=last["norm"],
+            threshold=last["threshold"],
+            level_dbfs=last["level"],
+            capture_healthy=last["healthy"],
+            model_version=last["version"],
         )
+        self.mqtt.publish_state(rt.name, payload)
+        if self.sparkplug is not None:
+            self.sparkplug.update_state(rt.name, payload)
         self.metrics.observe_stage("publish", time.perf_counter() - t0)
 
     def _health_tick(self) -> None:
@@ -810,28 +856,49 @@ class Daemon:
         rt.last_health_key, rt.last_health_pub = key, now
         last_frame = None if h.last_frame_age_s is None else time.time() - h.last_frame_age_s
         level = h.level_dbfs if h.level_dbfs is not None and math.isfinite(h.level_dbfs) else None
-        self.mqtt.publish_health(
+        payload = health_payload(
             rt.name,
-            health_payload(
-                rt.name,
-                time=time.time(),
-                healthy=h.state is SourceState.OK,
-                status=h.state.value,
-                detail=h.reason,
-                level_dbfs=level,
-                last_frame_time=last_frame,
-                overflows_total=h.input_overflows,
-                reopen_attempts=h.reopen_count,
-            ),
+            time=time.time(),
+            healthy=h.state is SourceState.OK,
+            status=h.state.value,
+            detail=h.reason,
+            level_dbfs=level,
+            last_frame_time=last_frame,
+            overflows_total=h.input_overflows,
+            reopen_attempts=h.reopen_count,
         )
+        self.mqtt.publish_health(rt.name, payload)
+        if self.sparkplug is not None:
+            self.sparkplug.update_health(rt.name, payload)
 
     # ================================================================== health and status
     def progressing(self) -> bool:
-        """Watchdog rule: audio arrives and windows get scored (or the first is not due yet)."""
+        """Watchdog rule: audio arrives and windows get scored (or the first is not due yet).
+
+        With no audio from any source, the daemon still counts as progressing while every
+        source's capture is visibly retrying (device missing, reopening, stalled) under a live
+        capture supervisor: a restart cannot bring an unplugged microphone back, it would only
+        make MQTT availability flap every watchdog period and hide the capture alarm that is
+        already raised. A stuck main loop stops the pings anyway (they are sent from it).
+        """
         stale = self.cfg.health.inference_stale_seconds
         now = time.monotonic()
         audio = any(now - t < stale for t in self._last_audio_mono.values())
-        return audio and self._inference_ok(now)
+        if audio:
+            return self._inference_ok(now)
+        return self._all_capture_retrying()
+
+    def _all_capture_retrying(self) -> bool:
+        names = [n for n in self.sources if n in self.manager_of]
+        if not names:
+            return False
+        for name in names:
+            manager = self.manager_of[name]
+            if not manager.supervising:
+                return False
+            if manager.source_health(name).state not in RETRY_STATES:
+                return False
+        return True
 
     def _inference_ok(self, now: float) -> bool:
         stale = self.cfg.health.inference_stale_seconds
@@ -906,6 +973,7 @@ class Daemon:
                 rt.recorder.flush()
         if self.mqtt is not None:
             self.mqtt.stop(timeout=MQTT_STOP_TIMEOUT_S)
+        self._stop_integrations()
         if self.clip_writer is not None:
             self.clip_writer.close(timeout=2.0)
         if self.server is not None:

@@ -139,6 +139,31 @@ def mqtt_settings(cfg: Config) -> Any:
     )
 
 
+def sparkplug_settings(cfg: Config) -> Any:
+    from monitor.sparkplug import SparkplugSettings
+
+    sp = cfg.sparkplug
+    return SparkplugSettings(
+        group_id=sp.group_id,
+        edge_node_id=cfg.sparkplug_edge_node_id,
+        primary_host_id=sp.primary_host_id,
+        bdseq_path=cfg.sparkplug_bdseq_path,
+        store_max_messages=sp.store_max_messages,
+    )
+
+
+def source_machines(cfg: Config) -> dict[str, str]:
+    """Source name -> machine, in config order (Home Assistant devices, Sparkplug devices)."""
+    return {s.name: s.machine for s in cfg.sources}
+
+
+def integrations_key(cfg: Config) -> tuple[Any, ...]:
+    """What the HA and Sparkplug sessions are built from (sources aside): a change restarts them."""
+    if not cfg.mqtt.enabled:
+        return (None,)
+    return (mqtt_settings(cfg), cfg.node.name, cfg.homeassistant, cfg.sparkplug)
+
+
 def is_realtime(src: DeviceSource | FileSource) -> bool:
     return isinstance(src, DeviceSource) or src.realtime
 

@@ -120,11 +120,33 @@ def test_wrong_type_names_key_value_and_line(tmp_path: Path) -> None:
         ("scoring:\n  smoothing: mean\n", "scoring.smoothing"),
         ("clips:\n  max_total_bytes: 0\n", "clips.max_total_bytes"),
         ("mqtt:\n  tls:\n    cert_file: c.pem\n", "cert_file and key_file"),
+        ("homeassistant:\n  discovery_prefix: 'ha/+'\n", "homeassistant.discovery_prefix"),
+        ("homeassistant:\n  enabled: true\n", "homeassistant.enabled: true needs mqtt.enabled"),
+        ("sparkplug:\n  enabled: true\n", "sparkplug.enabled: true needs mqtt.enabled"),
+        ("sparkplug:\n  group_id: 'plant/3'\n", "sparkplug.group_id"),
+        ("sparkplug:\n  edge_node_id: 'a#'\n", "sparkplug.edge_node_id"),
+        ("sparkplug:\n  primary_host_id: ''\n", "sparkplug.primary_host_id"),
+        ("sparkplug:\n  store_max_messages: 0\n", "sparkplug.store_max_messages"),
+        ("sparkplug:\n  groupid: x\n", "sparkplug.groupid: unknown key"),
     ],
 )
 def test_impossible_values_name_the_key(tmp_path: Path, snippet: str, key: str) -> None:
     msg = error_of(tmp_path, MINIMAL + snippet)
     assert key in msg
+
+
+def test_integrations_default_off_and_derive_ids(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert not cfg.homeassistant.enabled and not cfg.sparkplug.enabled
+    assert cfg.homeassistant.discovery_prefix == "homeassistant"
+    text = MINIMAL + (
+        "node:\n  name: press7\nmqtt:\n  enabled: true\nhomeassistant:\n  enabled: true\n"
+        "sparkplug:\n  enabled: true\n  primary_host_id: scada\n"
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.sparkplug_edge_node_id == "press7" and cfg.sparkplug.group_id == "sonitor"
+    assert cfg.sparkplug_bdseq_path == cfg.paths.state_dir / "sparkplug-bdseq.json"
+    assert cfg.sparkplug.primary_host_id == "scada"
 
 
 def test_missing_required_keys(tmp_path: Path) -> None:

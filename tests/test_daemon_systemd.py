@@ -74,3 +74,38 @@ def test_ready_watchdog_only_while_progressing_reloading_stopping(tmp_path: Path
     finally:
         daemon.kill()
         sock.close()
+
+
+def test_watchdog_keeps_pinging_while_a_missing_microphone_is_retried(tmp_path: Path) -> None:
+    # An unplugged microphone is a capture alarm, not a hung daemon: restarting every watchdog
+    # period cannot bring it back and would make MQTT availability flap.
+    package = make_tiny_package(tmp_path / "pkg", machines=("fan",))
+    source = {"name": "mic1", "type": "device", "machine": "fan", "device": "no-such-microphone"}
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        package,
+        [source],
+        health={"inference_stale_seconds": 2.0},
+        capture={"reopen_max_seconds": 1.0},
+    )
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    env = {
+        "NOTIFY_SOCKET": str(sock_path),
+        "WATCHDOG_USEC": "1000000",
+        "PULSE_SERVER": "unix:/nonexistent",
+    }
+    daemon = DaemonProcess(cfg, env=env)
+    try:
+        messages_until(sock, lambda g: any(m.startswith("READY=1") for _, m in g), 40)
+        daemon.wait_until(
+            lambda: daemon.metric("sonitor_capture_up", source="mic1") == 0, 20, "capture down"
+        )
+        time.sleep(2 + 1)  # longer than inference_stale_seconds: no audio, no windows
+        got = messages_until(sock, lambda g: sum("WATCHDOG=1" in m for _, m in g) >= 4, 6)
+        assert sum("WATCHDOG=1" in m for _, m in got) >= 4
+        assert daemon.alive()
+    finally:
+        daemon.kill()
+        sock.close()
