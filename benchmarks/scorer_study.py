@@ -25,9 +25,9 @@ from training.recipes.registry import make_recipe
 SCORERS = ("mahalanobis", "mahalanobis_domainwise", "knn", "rescaled_knn_domainwise")
 
 
-def embed_all(data_dir: Path, recipe: str, seed: int) -> dict[str, np.ndarray]:
+def embed_all(data_dir: Path, recipe: str, seed: int, extra: dict) -> dict[str, np.ndarray]:
     found = discover(data_dir)
-    rec, _ = make_recipe(recipe, RecipeOptions(seed=seed, progress=False))
+    rec, _ = make_recipe(recipe, RecipeOptions(seed=seed, progress=False, extra=extra))
     arrays = {m: _load_machine(md, rec.uses_supplemental, None, seed, 2) for m, md in found.items()}
     t0 = time.perf_counter()
     rec.prepare(arrays)
@@ -42,6 +42,25 @@ def embed_all(data_dir: Path, recipe: str, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
+def breakdown(machine: str, s: np.ndarray, labels: np.ndarray, domains: np.ndarray) -> None:
+    """Which pair of groups is hard: e.g. target normals vs source anomalies."""
+    from sklearn.metrics import roc_auc_score
+
+    groups = {
+        f"{d[0]}{'a' if a else 'n'}": (labels == a) & (domains == d)
+        for d in ("source", "target")
+        for a in (0, 1)
+    }
+    parts = []
+    for neg in ("sn", "tn"):
+        for pos in ("sa", "ta"):
+            y = np.r_[np.zeros(groups[neg].sum()), np.ones(groups[pos].sum())]
+            auc = roc_auc_score(y, np.r_[s[groups[neg]], s[groups[pos]]])
+            parts.append(f"{neg}-vs-{pos} {auc:.3f}")
+    med = " ".join(f"{g} {np.median(s[m]):.4g}" for g, m in groups.items())
+    print(f"  {machine}: AUC {', '.join(parts)}; median score {med}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", type=Path)
@@ -49,13 +68,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-out/scorers"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scorers", nargs="+", default=list(SCORERS))
+    ap.add_argument("--extra", default="{}", help="recipe options, e.g. '{\"simclr\": {...}}'")
+    ap.add_argument("--breakdown", action="store_true", help="AUC per normal/anomaly domain pair")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "embeddings.npz"
     if cache.exists():
         emb = dict(np.load(cache, allow_pickle=False))
     else:
-        emb = embed_all(args.data_dir, args.recipe, args.seed)
+        emb = embed_all(args.data_dir, args.recipe, args.seed, json.loads(args.extra))
         np.savez(cache, **emb)
     machines = sorted({k.split("/")[0] for k in emb})
     results = {}
@@ -70,6 +91,8 @@ def main() -> None:
             r = metrics.machine_scores(emb[f"{m}/test_labels"], s, list(emb[f"{m}/test_domains"]))
             r["machine"] = m
             rows.append(r)
+            if args.breakdown:
+                breakdown(m, s, emb[f"{m}/test_labels"], emb[f"{m}/test_domains"])
         table = metrics.summary_table(rows)
         results[name] = table[-1]
         off = metrics.official_score(rows)

@@ -52,6 +52,7 @@ from training.simclr import StageEmbedder, step_budget, train_simclr
 AUGMENT = AugmentConfig(kinds=("noise_loud", "noise_quiet", "mask_short", "mask_long"))
 STAGE = 1
 POOLING = "mean+fmax"
+TARGET_REPEAT = 1
 
 
 class SimCLR(EmbeddingRecipe):
@@ -68,6 +69,7 @@ class SimCLR(EmbeddingRecipe):
         """`train_simclr` arguments, the stage to embed with (None: the trained model as it is)
         and the pooling, from the defaults and `options.extra["simclr"]`."""
         kw: dict[str, Any] = {"augment": AUGMENT, **self.options.extra.get("simclr", {})}
+        kw.pop("target_repeat", None)  # read by prepare()
         stage = kw.pop("stage", STAGE)
         pooling = kw.pop("pooling", POOLING)
         if stage is not None and kw.get("embedding", "encoder") != "encoder":
@@ -83,7 +85,16 @@ class SimCLR(EmbeddingRecipe):
         return kw, stage, pooling
 
     def prepare(self, machines: dict[str, MachineArrays]) -> None:
-        waves = np.concatenate([m.waves for m in machines.values()], axis=0)
+        # `target_repeat`: each target-domain clip appears that many times in the training set,
+        # so the few clips of a new operating condition shape the embedding (default 1).
+        repeat = int(self.options.extra.get("simclr", {}).get("target_repeat", TARGET_REPEAT))
+        parts = []
+        for m in machines.values():
+            parts.append(m.waves)
+            target = [i for i, d in enumerate(m.domains) if d == "target"]
+            if repeat > 1 and target:
+                parts.append(np.repeat(m.waves[target], repeat - 1, axis=0))
+        waves = np.concatenate(parts, axis=0)
         kw, stage, pooling = self.training_kwargs(len(waves))
         opts = self.options
         model, self.history = train_simclr(
