@@ -11,6 +11,7 @@ normalised one (score / threshold), so 1.0 is the decision boundary for every ma
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 METHODS = ("gamma", "percentile")
+
+log = logging.getLogger(__name__)
 
 
 def _scores(scores: ArrayLike, min_count: int = 2) -> np.ndarray:
@@ -173,8 +176,21 @@ def _number(data: dict[str, Any], key: str) -> float:
     return float(value)
 
 
+def _gamma_tolerance(n: int) -> float:
+    """How far the share of normal scores above a gamma threshold may be from 1 - q.
+
+    0.15 absolute, widened for small banks where the empirical share itself is coarse (two
+    binomial standard deviations at p = 0.5: 1 / sqrt(n)).
+    """
+    return max(0.15, 1.0 / math.sqrt(n))
+
+
 def calibrate(scores: ArrayLike, method: str = "gamma", q: float = 0.9) -> Calibration:
     """Fit a threshold on normal scores (use leave-one-out scores for k-NN / Mahalanobis).
+
+    ``gamma`` falls back to ``percentile`` (and logs a warning; the returned ``method`` says
+    which was used) when the fitted quantile contradicts the scores it was fitted on: more or
+    fewer than about 1 - q of them above it (``_gamma_tolerance``).
 
     The threshold must come out positive, because scores are normalised by dividing by it;
     every scorer in ``monitor.scoring`` yields non-negative scores.
@@ -185,6 +201,18 @@ def calibrate(scores: ArrayLike, method: str = "gamma", q: float = 0.9) -> Calib
         a, loc, scale = fit_gamma(arr)
         threshold = float(stats.gamma.ppf(q, a, loc=loc, scale=scale))
         params = {"a": a, "loc": loc, "scale": scale}
+        exceed = float(np.mean(arr > threshold))
+        if not math.isfinite(threshold) or abs(exceed - (1.0 - q)) > _gamma_tolerance(arr.size):
+            # The free-location fit can collapse (shape -> 0, loc at the minimum) on small or
+            # multi-modal banks; its quantile then flags most normal clips, or none. Say so and
+            # use the empirical quantile, which is what the gamma fit is meant to smooth.
+            log.warning(
+                "gamma fit to %d scores is off (a=%.3g, loc=%.4g, scale=%.4g: %.0f%% of the "
+                "normal scores exceed its %.2f quantile, expected %.0f%%); using the empirical "
+                "quantile instead",
+                arr.size, a, loc, scale, 100 * exceed, q, 100 * (1 - q),
+            )  # fmt: skip
+            method, threshold, params = "percentile", percentile_threshold(arr, q), {}
     elif method == "percentile":
         threshold = percentile_threshold(arr, q)
         params = {}

@@ -155,3 +155,24 @@ def test_gamma_calibration_on_real_leave_one_out_scores():
         cal = calibrate(loo, "gamma", 0.9)
         assert np.isfinite(cal.threshold) and cal.threshold > 0
         assert 0.02 <= np.mean(loo > cal.threshold) <= 0.2, name
+
+
+def test_collapsed_gamma_fit_falls_back_to_the_empirical_quantile(caplog):
+    # Heavy-tailed normal scores (as leave-one-out Mahalanobis distances of a small bank can
+    # be): the free-location gamma fit collapses (shape -> 0, loc at the minimum) and its 0.9
+    # quantile sits below almost every normal score: a daemon with it would alarm all the time.
+    scores = np.random.default_rng(5).lognormal(5.0, 2.0, size=80)
+    raw = gamma_threshold(scores, 0.9)
+    assert np.mean(scores > raw) > 0.5  # the baseline's rule is really off here
+    with caplog.at_level("WARNING", logger="monitor.thresholds"):
+        cal = calibrate(scores, method="gamma", q=0.9)
+    assert cal.method == "percentile" and cal.params == {}
+    assert cal.threshold == pytest.approx(np.quantile(scores, 0.9))
+    assert "gamma fit to 80 scores is off" in caplog.text
+
+
+def test_well_behaved_gamma_scores_keep_the_gamma_fit():
+    scores = stats.gamma.rvs(4.0, loc=1.0, scale=2.0, size=300, random_state=4)
+    cal = calibrate(scores, method="gamma", q=0.9)
+    assert cal.method == "gamma"
+    assert cal.threshold == pytest.approx(gamma_threshold(scores, 0.9))
