@@ -36,7 +36,7 @@ system-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    mosquitto mosquitto-clients prometheus pulseaudio pulseaudio-utils \
-	    libasound2-plugins libportaudio2 libsndfile1 openssl
+	    libasound2-plugins libportaudio2 libsndfile1 openssl nodejs npm systemd strace shellcheck
 
 # The runtime as a systemd service (run as root): user, /opt/sonitor venv without torch,
 # /etc/sonitor/config.yaml (kept if present), the unit. INSTALL_ARGS=--dry-run shows the steps.
