@@ -22,7 +22,14 @@ import numpy as np
 from monitor.errors import DataError
 from monitor.thresholds import calibrate
 from training import metrics
-from training.data import ClipInfo, MachineData, discover, load_clips, supplemental_kind
+from training.data import (
+    ClipInfo,
+    MachineData,
+    clip_kind,
+    discover,
+    load_clips,
+    supplemental_kind,
+)
 from training.recipes.base import MachineArrays, RecipeOptions
 from training.recipes.registry import make_recipe
 
@@ -79,6 +86,9 @@ def _load_machine(
         domains=[c.domain for c in train],
         supplemental=supp,
         supplemental_kind=kind,
+        supplemental_kinds=[clip_kind(c.path) for c in md.supplemental]
+        if supp is not None
+        else None,
     )
 
 
