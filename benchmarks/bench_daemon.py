@@ -19,9 +19,12 @@ the hop. The largest passing N per precision is the answer to "how many sources 
     python benchmarks/bench_daemon.py [--size mini] [--precisions fp32 int8]
         [--sources 1 4 8 12 16] [--measure 20] [--cpus 0,1] [--threads 2] [--out results.md]
 
-The package (export + int8 quantisation, ~1 min) is cached in --workdir. No separator model
-exists yet (another issue's work): the daemon supports one (windows then carry the waveform and
-the separator runs per window), but this benchmark has nothing real to time with it.
+The package (export + int8 quantisation, ~1 min) is cached in --workdir.
+
+With ``--separator CKPT`` (a `sonitor train-separator` checkpoint for the ``ced`` front-end) the
+package carries the spectral separator: ``separator.onnx`` runs in the streaming front-end on each
+hop's new mel frames (plus its context), so its cost shows in the front-end ms/hop column and
+windows still reuse frames (the encoder cost per window is unchanged).
 """
 
 from __future__ import annotations
@@ -51,9 +54,11 @@ SR = 16000
 # --------------------------------------------------------------------------- fixtures
 
 
-def build_package(workdir: Path, size: str) -> Path:
-    """A CED-<size> package (fp32 + int8, split front-end) with one 'fan' bank; cached."""
-    pkg = workdir / f"ced-{size}-package"
+def build_package(workdir: Path, size: str, separator: Path | None = None) -> Path:
+    """A CED-<size> package (fp32 + int8, split front-end) with one 'fan' bank; cached.
+
+    ``separator``: a separator checkpoint put in front of the encoder (its own package dir)."""
+    pkg = workdir / (f"ced-{size}-package" if separator is None else f"ced-{size}-sep-package")
     if (pkg / "manifest.json").exists():
         return pkg
     import torch
@@ -68,8 +73,13 @@ def build_package(workdir: Path, size: str) -> Path:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    enc_dir = workdir / f"ced-{size}-onnx"
-    enc = export_encoder(CED(size).eval(), enc_dir, example_seconds=3.0)
+    model = CED(size).eval()
+    if separator is not None:
+        from training.separator.masking import insert_separator, load_separator
+
+        insert_separator(model, load_separator(separator))
+    enc_dir = pkg.with_name(pkg.name.replace("package", "onnx"))
+    enc = export_encoder(model, enc_dir, example_seconds=3.0)
     full8 = quantize_encoder(enc.full, enc_dir / "encoder.int8.onnx")
     bb8 = quantize_encoder(enc.backbone, enc_dir / "backbone.int8.onnx")
     embedder = Embedder({"encoder": enc.full}, threads=2)
@@ -242,6 +252,7 @@ def trial(
     lat = sorted(clock.between(t0, t1))
     return {
         "precision": precision,
+        "separator": "yes" if args.separator else "no",
         "sources": n,
         "realtime_ratio": windows / (n * span / hop_s),
         "dropped": delta("sonitor_windows_dropped_total"),
@@ -275,12 +286,14 @@ def passes(r: dict[str, Any]) -> bool:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| precision | sources | real-time ratio | dropped | lag max (s) | CPU (cores) | "
+        "| precision | separator | sources | real-time ratio | dropped | lag max (s) | "
+        "CPU (cores) | "
         "RSS (MB) | encoder ms/call (batch) | front-end ms/hop | event latency p50 / p99 (ms) "
-        "| real time |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| real time |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
-        f"| {r['precision']} | {r['sources']} | {r['realtime_ratio']:.3f} | {r['dropped']:.0f} | "
+        f"| {r['precision']} | {r['separator']} | {r['sources']} | "
+        f"{r['realtime_ratio']:.3f} | {r['dropped']:.0f} | "
         f"{r['lag_max_s']:.2f} | {r['cpu']:.2f} | {r['rss_mb']:.0f} | "
         f"{r['encoder_ms_per_call']:.1f} ({r['batch']:.1f}) | {r['frontend_ms_per_hop']:.2f} | "
         f"{r['latency_p50_ms']:.0f} / {r['latency_p99_ms']:.0f} | "
@@ -300,11 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads (model.threads)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sonitor-bench-daemon"))
     p.add_argument("--out", type=Path, help="also write the markdown table here")
+    p.add_argument("--separator", type=Path, help="separator checkpoint (ced front-end)")
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     from broker import Broker
 
-    package = build_package(args.workdir, args.size)
+    package = build_package(args.workdir, args.size, args.separator)
     print(f"package {package}; load average {os.getloadavg()}; cpus {args.cpus or 'all'}")
     rows = []
     with Broker(args.workdir / "broker", persistence=False) as broker:
@@ -321,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         for prec in args.precisions
     }
     summary = (
-        f"\nCED-{args.size}, 10 s window, 1 s hop, {args.threads} onnxruntime threads, "
+        f"\nCED-{args.size}{' + separator' if args.separator else ''}, 10 s window, 1 s hop, "
+        f"{args.threads} onnxruntime threads, "
         f"CPUs {args.cpus or 'all'}; most sources in real time: "
         + ", ".join(f"{k} {v}" for k, v in best.items())
         + f"; load average at the end {tuple(round(x, 2) for x in os.getloadavg())}\n"

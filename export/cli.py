@@ -105,6 +105,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise SonitorError("give --run DIR, --data DIR or --checkpoint PATH")
     if args.run and (args.data or args.checkpoint):
         raise SonitorError("--run cannot be combined with --data or --checkpoint")
+    if args.run and args.separator:
+        raise SonitorError(
+            "--separator with --run: the run's banks were embedded without it; export from "
+            "--data with --separator instead"
+        )
     parity = test = None
     if args.run:
         from export.run_dir import load_run
@@ -137,6 +142,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         blocks = tuple(int(b) for b in args.embed_blocks.split(",")) if args.embed_blocks else (11,)
         model = load_ced_checkpoint(args.checkpoint, embed_blocks=blocks)
+        if args.separator:  # no banks yet: enrolment will embed through the separator
+            from training.separator.masking import insert_separator, load_separator
+
+            insert_separator(model, load_separator(args.separator))
         recipe, specs = "stage1", []
         summary = {"checkpoint": str(args.checkpoint), "machines": {}}
         window, hop = args.window_seconds or 10.0, args.hop_seconds or 1.0

@@ -144,6 +144,8 @@ class ExportedEncoder:
     opset: int = OPSET
     arch: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    separator: Path | None = None  # frames -> frames, for the split path (export/separator_export)
+    separator_info: dict[str, Any] | None = None
 
 
 def _set_metadata(path: Path, meta: dict[str, str], out_dim: int | None = None) -> None:
@@ -214,7 +216,14 @@ def export_encoder(
     example = 0.1 * torch.randn(2, int(example_seconds * sample_rate), generator=gen)
     with torch.no_grad():
         dim = int(model(example).shape[-1])
-    spec = find_frontend(model) if split else None
+    # A model with a spectral separator (training.separator) in its front-end: the full graph
+    # keeps it inside; the split is made from the bare model and the separator becomes its own
+    # frames -> frames graph between frontend.onnx and backbone.onnx.
+    from training.separator.masking import find_separator, remove_separator
+
+    sep = find_separator(model)
+    split_model = model if sep is None else remove_separator(model)
+    spec = find_frontend(split_model) if split else None
     params = spec.params if spec else {}
     params["sample_rate"] = sample_rate
     meta = {META_FRONTEND: json.dumps(params, sort_keys=True), "sonitor.embedding_dim": str(dim)}
@@ -243,13 +252,21 @@ def export_encoder(
             frames = ValidFrontEnd(spec)(example)
         backbone = out / "backbone.onnx"
         _export(
-            Backbone(model, spec),
+            Backbone(split_model, spec),
             frames,
             backbone,
             ("frames", "embedding"),
             {"frames": {0: "batch", 2: "frames"}, "embedding": {0: "batch"}},
         )
         _set_metadata(backbone, {**meta, "sonitor.role": "backbone"}, out_dim=dim)
+        if sep is not None:
+            from export.separator_export import export_separator, separator_info
+
+            sep_path = export_separator(sep, out / "separator.onnx")
+            return ExportedEncoder(
+                full, frontend, backbone, dim, params, arch=arch_name(model),
+                separator=sep_path, separator_info=separator_info(sep),
+            )  # fmt: skip
     else:
         log.warning(
             "%s: no single log-mel front-end found: exporting the full graph only "
@@ -320,7 +337,12 @@ def check_parity(
     tol = tolerance or Tolerance()
     ref = torch_embed(model, clips)
     emb = Embedder(
-        {"encoder": exported.full, "frontend": exported.frontend, "backbone": exported.backbone}
+        {
+            "encoder": exported.full,
+            "frontend": exported.frontend,
+            "backbone": exported.backbone,
+            "separator": exported.separator,
+        }
     )
     report: dict[str, Any] = {"clip_samples": int(clips.shape[1])}
     report["full"] = compare_embeddings(ref, emb.embed(clips))

@@ -114,6 +114,18 @@ def _check_grid(window_s: float, hop_s: float, sample_rate: int, frame_hop: int 
             )
 
 
+def _separator_entry(encoder: ExportedEncoder, separator: Path | None) -> dict[str, Any] | None:
+    """Manifest entry: a waveform -> waveform graph given as ``separator``, or the frames ->
+    frames separator exported with the encoder (runs between frontend.onnx and backbone.onnx)."""
+    if separator and encoder.separator:
+        raise ExportError("two separators: the model has one inside and another was given")
+    if separator:
+        return {"file": "separator.onnx", "input": "waveform", "output": "waveform"}
+    if encoder.separator:
+        return {"file": "separator.onnx", **(encoder.separator_info or {})}
+    return None
+
+
 def write_package(
     dest: str | Path,
     encoder: ExportedEncoder,
@@ -164,9 +176,7 @@ def write_package(
         "embedding_dim": int(encoder.embedding_dim),
         "frontend": {k: v for k, v in encoder.frontend_params.items() if k != "sample_rate"},
         "encoder": enc,
-        "separator": {"file": "separator.onnx", "input": "waveform", "output": "waveform"}
-        if separator
-        else None,
+        "separator": _separator_entry(encoder, separator),
         "scorer": {"name": default_scorer[0], "params": default_scorer[1]}
         if default_scorer
         else {"name": "rescaled_knn", "params": {"k": 16, "metric": "cosine"}},
@@ -190,8 +200,8 @@ def write_package(
             if int8.backbone is not None:
                 w.add_file("backbone.int8.onnx", int8.backbone)
                 enc["int8"]["backbone"] = "backbone.int8.onnx"
-        if separator:
-            w.add_file("separator.onnx", separator)
+        if separator or encoder.separator:
+            w.add_file("separator.onnx", separator or encoder.separator)
         for spec in machines:
             validate_machine_name(spec.name)
             bank, cal = _machine_bank(spec, max_bank_size, method, q)

@@ -6,7 +6,7 @@ A package is a directory (a single-file ``.tar`` archive of it serves distributi
     encoder.onnx                   waveform [B, samples] -> embedding [B, D], front-end inside
     frontend.onnx, backbone.onnx   the same graph split for streaming (optional, see runtime.py)
     encoder.int8.onnx, ...         dynamic-int8 variants (optional)
-    separator.onnx                 waveform -> waveform (optional)
+    separator.onnx                 mel frames -> masked frames, or waveform -> waveform (optional)
     machines/<name>/bank.npz       normal-memory bank + fitted scorer arrays (no pickle)
     machines/<name>/calibration.json   threshold fit on leave-one-out scores
 
@@ -343,11 +343,40 @@ class ModelPackage:
             if not isinstance(sep, dict) or not isinstance(sep.get("file"), str):
                 raise PackageError(f"{where}: 'separator' must be null or {{'file': ...}}")
             self._listed(sep["file"], "separator.file")
+            self._check_separator(sep, where)
         machines = _req(m, "machines", dict, where)
         for name in machines:
             self._machines[name] = self._load_machine(name)
         if check_encoder:
             self._check_onnx_outputs()
+
+    def _check_separator(self, sep: dict[str, Any], where: str) -> None:
+        """``input`` "waveform" (default, the older kind: runs per window before the full graph)
+        or "frames" (mel frames -> masked frames between frontend.onnx and backbone.onnx, with
+        ``context_frames`` of context; tied to the package's front-end)."""
+        kind = sep.get("input", "waveform")
+        if kind not in ("waveform", "frames") or sep.get("output", kind) != kind:
+            raise PackageError(
+                f"{where}: separator.input/output must both be 'waveform' or 'frames', got "
+                f"{kind!r}/{sep.get('output')!r}"
+            )
+        if kind == "waveform":
+            return
+        ctx = sep.get("context_frames")
+        if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 0:
+            raise PackageError(f"{where}: separator.context_frames must be an integer >= 0")
+        fe = self.manifest["frontend"]
+        for key in ("n_mels", "hop_length", "n_fft"):
+            if key in sep and sep[key] != fe.get(key):
+                raise PackageError(
+                    f"{where}: separator.{key} = {sep[key]} but frontend.{key} = {fe.get(key)}: "
+                    "the separator was trained for another front-end"
+                )
+
+    @property
+    def separator_info(self) -> dict[str, Any] | None:
+        sep = self.manifest.get("separator")
+        return dict(sep) if sep else None
 
     def _encoder_section(self) -> dict[str, Any]:
         return self.manifest["encoder"]

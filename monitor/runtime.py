@@ -17,6 +17,14 @@ the middle of a stream gets its first and last ``ceil(n_fft / 2 / hop_length)`` 
 for CED) from the real neighbouring audio instead of a reflection. So a file scored as one window
 gives exactly the full graph's numbers, and a window inside a longer recording differs from the
 full graph run on that window alone only in those edge frames (which is the better estimate).
+
+Separators. A "frames" separator (``separator.onnx``: mel frames with ``context_frames`` of
+context on each side -> masked centre frames; `training.separator`) runs inside the split path:
+`FrameStream` passes each hop's new frames plus the context through it before they reach the
+windows, replicating the first/last frame at the ends of a stream as the full graph does at the
+ends of a window (which already contains the separator). Frames are then returned
+``context_frames`` hops later. A "waveform" separator (the older kind) must see each window's
+audio, so the split path is off and every window runs the full graph.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import numpy as np
 from monitor.errors import PackageError
 
 _META_FRONTEND = "sonitor.frontend"
+_META_SEPARATOR = "sonitor.separator"
 
 
 def session_options(threads: int = 1) -> Any:
@@ -116,6 +125,8 @@ class Embedder:
         self.threads = threads
         self.encoder = _Graph(paths["encoder"], threads)  # type: ignore[arg-type]
         self.separator = _Graph(paths["separator"], threads) if paths["separator"] else None
+        self.separator_kind: str | None = None
+        self.context_frames = 0
         self.frontend_graph = _Graph(paths["frontend"], threads) if paths["frontend"] else None
         self.backbone = _Graph(paths["backbone"], threads) if paths["backbone"] else None
         if frontend is None:
@@ -129,13 +140,44 @@ class Embedder:
         self.hop_length = int(frontend.get("hop_length", 1))
         self.n_mels = int(frontend.get("n_mels", 1))
         self.pad = self.n_fft // 2
+        if self.separator is not None:
+            self._separator_setup(pkg)
+
+    def _separator_setup(self, pkg: Any) -> None:
+        """Frames or waveform separator, and its context, from the manifest or graph metadata."""
+        from monitor.package import ModelPackage
+
+        assert self.separator is not None
+        info: dict[str, Any] = {}
+        if isinstance(pkg, ModelPackage):
+            info = dict(pkg.manifest.get("separator") or {})
+        elif _META_SEPARATOR in self.separator.metadata:
+            info = json.loads(self.separator.metadata[_META_SEPARATOR])
+        kind = info.get("input") or ("frames" if self.separator.input == "frames" else "waveform")
+        self.separator_kind = kind
+        if kind != "frames":
+            return
+        path = self.separator.path
+        self.context_frames = int(info.get("context_frames", -1))
+        if self.context_frames < 0:
+            raise PackageError(f"{path}: a frames separator needs 'context_frames'")
+        if (
+            int(info.get("n_mels", self.n_mels)) != self.n_mels
+            or int(info.get("hop_length", self.hop_length)) != self.hop_length
+        ):
+            raise PackageError(
+                f"{path}: separator front-end (n_mels {info.get('n_mels')}, hop "
+                f"{info.get('hop_length')}) does not match the encoder's (n_mels {self.n_mels}, "
+                f"hop {self.hop_length})"
+            )
 
     # ----------------------------------------------------------------- full graph
 
     @property
     def streaming(self) -> bool:
         """True when the split graphs exist and no separator must see the waveform first."""
-        return self.frontend_graph is not None and self.backbone is not None and not self.separator
+        split = self.frontend_graph is not None and self.backbone is not None
+        return split and (self.separator is None or self.separator_kind == "frames")
 
     @staticmethod
     def _batch(x: np.ndarray, ndim: int, what: str) -> tuple[np.ndarray, bool]:
@@ -150,7 +192,8 @@ class Embedder:
         return np.ascontiguousarray(x), single
 
     def separate(self, waves: np.ndarray) -> np.ndarray:
-        if self.separator is None:
+        """Waveform separator only; a frames separator is inside the full graph already."""
+        if self.separator is None or self.separator_kind == "frames":
             return np.asarray(waves, dtype=np.float32)
         x, single = self._batch(waves, 2, "separate")
         y = self.separator(x)
@@ -163,7 +206,7 @@ class Embedder:
             raise ValueError(
                 f"embed: {x.shape[1]} samples is shorter than one frame ({self.n_fft})"
             )
-        if self.separator is not None:
+        if self.separator is not None and self.separator_kind != "frames":
             x = np.ascontiguousarray(self.separator(x), dtype=np.float32)
         return self.encoder(x)
 
@@ -182,6 +225,18 @@ class Embedder:
             raise ValueError(f"frames: a chunk needs >= {self.n_fft} samples, got {x.shape[1]}")
         out = self.frontend_graph(x)
         return out[0] if single else out
+
+    def separate_frames(self, frames: np.ndarray) -> np.ndarray:
+        """``[B, n_mels, F + 2 * context_frames]`` unfloored dB -> masked ``[B, n_mels, F]``."""
+        if self.separator is None or self.separator_kind != "frames":
+            raise PackageError("this package has no frames separator")
+        x, single = self._batch(frames, 3, "separate_frames")
+        if x.shape[2] <= 2 * self.context_frames:
+            raise ValueError(
+                f"separate_frames: need > {2 * self.context_frames} frames, got {x.shape[2]}"
+            )
+        y = self.separator(x)
+        return y[0] if single else y
 
     def embed_frames(self, frames: np.ndarray) -> np.ndarray:
         """Mel frames of whole windows ``[B, n_mels, F]`` (or ``[n_mels, F]``) -> ``[B, D]``."""
@@ -202,8 +257,9 @@ class FrameStream:
 
     `push` returns the frames whose whole support has arrived; `frames_done` counts them, so the
     frames of the window ``[s, s + N)`` (s, N multiples of the hop) are the stream frames
-    ``s // hop ... (s + N) // hop`` inclusive, complete once ``n_fft // 2`` samples past its end
-    have been pushed.
+    ``s // hop ... (s + N) // hop`` inclusive, complete once ``pad`` samples past its end have
+    been pushed: ``n_fft // 2``, plus ``context_frames * hop`` with a frames separator (each
+    frame is separated once, with that many frames of context on each side).
     """
 
     def __init__(self, embedder: Embedder) -> None:
@@ -212,7 +268,12 @@ class FrameStream:
         self.embedder = embedder
         self.hop = embedder.hop_length
         self.n_fft = embedder.n_fft
-        self.pad = embedder.pad
+        self._reflect = embedder.pad
+        # duck-typed front-ends (tests, tools) may have no separator attributes at all
+        self._separating = getattr(embedder, "separator_kind", None) == "frames"
+        self.context = int(getattr(embedder, "context_frames", 0)) if self._separating else 0
+        self.pad = embedder.pad + self.context * self.hop  # lookahead in samples
+        self._ctx: np.ndarray | None = None  # unseparated frames still needed as context
         self._buf = np.zeros(0, dtype=np.float32)
         self._started = False
         self._finished = False
@@ -227,10 +288,10 @@ class FrameStream:
         self.samples_in += x.size
         self._buf = np.concatenate([self._buf, x]) if self._buf.size else x.copy()
         if not self._started:
-            if self._buf.size <= self.pad:
+            if self._buf.size <= self._reflect:
                 return self._empty()
             # the stream start is reflected exactly like torch.stft(center=True, "reflect")
-            self._buf = np.concatenate([self._buf[1 : self.pad + 1][::-1], self._buf])
+            self._buf = np.concatenate([self._buf[1 : self._reflect + 1][::-1], self._buf])
             self._started = True
         return self._drain()
 
@@ -240,24 +301,44 @@ class FrameStream:
             return self._empty()
         self._finished = True
         if not self._started:
-            if self._buf.size <= self.pad:
+            if self._buf.size <= self._reflect:
                 return self._empty()
-            self._buf = np.concatenate([self._buf[1 : self.pad + 1][::-1], self._buf])
+            self._buf = np.concatenate([self._buf[1 : self._reflect + 1][::-1], self._buf])
             self._started = True
-        tail = self._buf[-self.pad - 1 : -1][::-1]
+        tail = self._buf[-self._reflect - 1 : -1][::-1]
         self._buf = np.concatenate([self._buf, tail])
-        out = self._drain()
+        out = self._drain(final=True)
         self._buf = np.zeros(0, dtype=np.float32)
         return out
 
-    def _drain(self) -> np.ndarray:
+    def _drain(self, final: bool = False) -> np.ndarray:
         k = 0 if self._buf.size < self.n_fft else 1 + (self._buf.size - self.n_fft) // self.hop
-        if k == 0:
+        out = self._empty()
+        if k:
+            used = self.n_fft + (k - 1) * self.hop
+            out = self.embedder.frames(self._buf[:used])
+            self._buf = self._buf[k * self.hop :]
+        if self._separating:
+            out = self._separate(out, final)
+        self.frames_done += out.shape[1]
+        return out
+
+    def _separate(self, new: np.ndarray, final: bool) -> np.ndarray:
+        """Separate every frame that now has its context; keep the rest as history."""
+        c = self.context
+        if self._ctx is None:
+            if new.shape[1] == 0:
+                return new
+            new = np.concatenate([np.repeat(new[:, :1], c, axis=1), new], axis=1)
+            self._ctx = new[:, :0]
+        buf = np.concatenate([self._ctx, new], axis=1)
+        if final and buf.shape[1]:
+            buf = np.concatenate([buf, np.repeat(buf[:, -1:], c, axis=1)], axis=1)
+        if buf.shape[1] <= 2 * c:
+            self._ctx = buf
             return self._empty()
-        used = self.n_fft + (k - 1) * self.hop
-        out = self.embedder.frames(self._buf[:used])
-        self._buf = self._buf[k * self.hop :]
-        self.frames_done += k
+        out = self.embedder.separate_frames(buf)
+        self._ctx = buf[:, buf.shape[1] - 2 * c :]
         return out
 
     def _empty(self) -> np.ndarray:

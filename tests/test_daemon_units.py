@@ -132,7 +132,7 @@ def test_pipeline_checks_machines_and_the_frame_grid(tmp_path: Path, package: Pa
 
 
 def identity_separator(path: Path) -> Path:
-    """A stand-in separator graph (waveform -> waveform) until the real one exists."""
+    """A stand-in waveform -> waveform separator graph: the older package kind, still supported."""
     import onnx
     from onnx import TensorProto, helper
 

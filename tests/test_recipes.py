@@ -37,3 +37,14 @@ def test_auto_picks_stage1_with_weights_and_simclr_without(tmp_path):
 def test_unknown_recipe_is_a_clear_error():
     with pytest.raises(SonitorError, match="unknown recipe 'nope'"):
         make_recipe("nope", RecipeOptions())
+
+
+@pytest.mark.parametrize("name", ["dcase_ae", "stage2_ssl", "stage2_ssl_supplemental"])
+def test_separator_is_refused_by_recipes_that_cannot_take_it(name):
+    from monitor.errors import SonitorError
+    from training.recipes.base import RecipeOptions
+    from training.recipes.registry import make_recipe
+
+    with pytest.raises(SonitorError, match=f"recipe '{name}' cannot take --separator"):
+        make_recipe(name, RecipeOptions(separator="sep.safetensors"))
+    make_recipe(name, RecipeOptions())  # fine without one

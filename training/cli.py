@@ -25,6 +25,11 @@ def _options(args: argparse.Namespace) -> RecipeOptions:
         k=args.k,
         epochs=args.epochs,
         progress=not args.quiet,
+        steps=getattr(args, "steps", None),
+        noise_dirs=tuple(getattr(args, "noise_dir", None) or ()),
+        augment_config=getattr(args, "augment_config", None),
+        supplemental_kind=getattr(args, "supplemental_kind", None),
+        separator=getattr(args, "separator", None),
     )
 
 
@@ -50,8 +55,30 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--k", type=int, default=16, help="K for k-NN rescaling (default 16)")
     p.add_argument("--epochs", type=int, help="override the recipe's training epochs")
+    p.add_argument(
+        "--steps", type=int, help="override the recipe's optimiser steps (stage2_ssl*; 0: none)"
+    )
+    p.add_argument(
+        "--noise-dir",
+        action="append",
+        help="folder of background-noise recordings for augmentation (stage2_ssl*; repeatable)",
+    )
+    p.add_argument(
+        "--augment-config",
+        help="YAML/JSON file: {augmentation: {p: 0.5, range: [lo, hi]}} (stage2_ssl*)",
+    )
+    p.add_argument(
+        "--supplemental-kind",
+        choices=["clean", "noise"],
+        help="what supplemental/ holds when the file names do not say (stage2_ssl*)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--separator",
+        help="separator checkpoint (sonitor train-separator) in front of the encoder; its "
+        "front-end must match the recipe's (stage1: ced, simclr: logmel)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -91,33 +118,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on embedded defaults: synthetic data, default recipe, official metrics."""
-    from training import synth
-    from training.evaluate import evaluate
+    """The main job on a fresh machine: synthetic audio -> model -> package -> live alert."""
+    from monitor.errors import SonitorError
+    from training.demo import run_demo
 
     out = Path(args.out)
-    data = out / "synthetic-data"
-    print(f"1/2 generating a SYNTHETIC DCASE-layout data set in {data} ...")
-    synth.generate_dataset(
-        data,
-        machines=("fan", "pump", "gearbox"),
-        n_train_source=args.train_clips,
-        n_train_target=10,
-        n_test_per_group=args.test_clips,
-        n_supplemental=10,
-        seconds=args.seconds,
-        seed=args.seed,
-    )
-    print("2/2 evaluating the default recipe (auto) on it ...")
-    opts = RecipeOptions(seed=args.seed, epochs=args.epochs, progress=True)
-    ev = evaluate(data, out / "evaluation", recipe="auto", options=opts)
-    from training.metrics import to_markdown
-
-    print(f"\nrecipe: {ev.recipe} ({ev.why})")
-    print("SYNTHETIC data; numbers show the pipeline works, not real-world accuracy:\n")
-    print(to_markdown(ev.rows))
-    print(f"\nofficial score: {ev.official_score:.4f}; plots and CSVs in {out / 'evaluation'}")
-    return 0
+    if out.exists() and not out.is_dir():
+        raise SonitorError(f"--out {out}: exists and is not a folder")
+    return run_demo(args)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -159,13 +167,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "demo",
-        help="the main job on embedded defaults: synthetic data -> default recipe -> scores",
-        description="Needs no microphone, broker or downloaded model.",
+        help="the main job end to end: synthetic audio -> model -> package -> daemon -> alert",
+        description=(
+            "Needs no microphone, broker or downloaded model. Generates SYNTHETIC machine "
+            "sound, trains the default recipe briefly, exports the ONNX package, enrols normal "
+            "sound, replays a recording with an injected fault through the daemon and prints "
+            "the live scores and the alert. Exit 0 only when the fault raised the alert and "
+            "nothing raised one before it."
+        ),
     )
-    p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
-    p.add_argument("--train-clips", type=int, default=150, help="source training clips/machine")
-    p.add_argument("--test-clips", type=int, default=25, help="test clips per group")
-    p.add_argument("--seconds", type=float, default=4.0, help="clip length (default 4 s)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs override")
-    p.add_argument("--seed", type=int, default=0)
+    from training import demo
+
+    demo.add_arguments(p)
     p.set_defaults(handler=cmd_demo)
+
+    from training import cli_separator
+
+    cli_separator.register(subparsers)

@@ -31,6 +31,7 @@ class MachineArrays:
     domains: list[str | None]
     supplemental: np.ndarray | None = None  # [M, samples] or None
     supplemental_kind: str | None = None  # "clean" | "noise" | "mixed" | None
+    supplemental_kinds: list[str | None] | None = None  # per clip, when the names tell it
 
 
 @dataclass
@@ -46,6 +47,11 @@ class RecipeOptions:
     k: int = 16
     epochs: int | None = None  # override the recipe's default epoch count
     batch_size: int = 16  # inference batch size
+    separator: str | None = None  # separator checkpoint put in front of the encoder (issue 4)
+    steps: int | None = None  # override the recipe's optimiser steps (stage2_ssl*)
+    noise_dirs: tuple[str, ...] = ()  # background-noise folders for augmentation (stage2_ssl*)
+    augment_config: str | None = None  # YAML/JSON augmentation config file (stage2_ssl*)
+    supplemental_kind: str | None = None  # "clean" | "noise": overrides the names (stage2)
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -56,6 +62,9 @@ class Recipe(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     uses_supplemental: ClassVar[bool] = False
+    # Whether `--separator` can go in front of this recipe's encoder (make_recipe refuses it
+    # otherwise, rather than ignoring it silently).
+    accepts_separator: ClassVar[bool] = False
 
     def __init__(self, options: RecipeOptions | None = None) -> None:
         self.options = options or RecipeOptions()
@@ -85,11 +94,44 @@ class EmbeddingRecipe(Recipe):
 
     default_scorer: ClassVar[str] = "rescaled_knn"
     default_metric: ClassVar[str] = "cosine"
+    accepts_separator: ClassVar[bool] = True
 
     def __init__(self, options: RecipeOptions | None = None) -> None:
         super().__init__(options)
         self.scorers: dict[str, Any] = {}
         self.train_embeddings: dict[str, np.ndarray] = {}
+        self.separator: Any = None  # a training.separator Separator once attached
+
+    def attach_separator(self, separator: Any) -> None:
+        """Put a spectral separator in front of the encoder (inside its log-mel front-end).
+
+        Recipes whose encoder is a torch module with one `CEDFrontEnd`/`LogMel` (``self.model``)
+        get it for free; others must override this or refuse.
+        """
+        import torch
+
+        from monitor.errors import SonitorError
+        from training.separator.masking import insert_separator
+
+        model = getattr(self, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            from training.recipes.separation import attach_to_feature_recipe
+
+            if not attach_to_feature_recipe(self, separator):
+                raise SonitorError(
+                    f"recipe {self.name!r} has no torch encoder with a log-mel front-end to put "
+                    "--separator in front of"
+                )
+        else:
+            insert_separator(model, separator)
+        self.separator = separator
+
+    def ensure_separator(self) -> None:
+        """Attach `options.separator` once, after `prepare` has built the encoder."""
+        if self.options.separator and self.separator is None:
+            from training.separator.masking import load_separator
+
+            self.attach_separator(load_separator(self.options.separator))
 
     @abstractmethod
     def embed(self, waves: np.ndarray) -> np.ndarray:
@@ -115,6 +157,7 @@ class EmbeddingRecipe(Recipe):
         return make_scorer(name, **params)
 
     def fit_machine(self, data: MachineArrays) -> None:
+        self.ensure_separator()
         x = self.embed(data.waves)
         self.train_embeddings[data.machine] = x
         scorer = self.make_scorer(data.domains)
@@ -127,4 +170,7 @@ class EmbeddingRecipe(Recipe):
         return self.scorers[machine].loo_scores()
 
     def describe(self) -> dict[str, Any]:
-        return {"recipe": self.name, "scorer": self.scorer_name(), "k": self.options.k}
+        d = {"recipe": self.name, "scorer": self.scorer_name(), "k": self.options.k}
+        if self.separator is not None:
+            d["separator"] = getattr(self.separator, "source", None) or self.separator.config()
+        return d

@@ -55,6 +55,9 @@ RESNET_POOLING = "mean+fmax"
 class Stage2SSL(EmbeddingRecipe):
     name: ClassVar[str] = "stage2_ssl"
     summary: ClassVar[str] = "SimSiam fine-tuning per machine + rescaled k-NN (first seed, 3.2)"
+    # its fit_machine trains an encoder per machine type; stage2_ssl_separation is the variant
+    # with a separator in front of it
+    accepts_separator: ClassVar[bool] = False
     uses_supplemental: ClassVar[bool] = True  # noise-only clips as background (augmentation 6)
     clean_as_material: ClassVar[bool] = False
     default_scorer: ClassVar[str] = "rescaled_knn_domainwise"
