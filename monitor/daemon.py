@@ -442,7 +442,6 @@ class Daemon:
             self._enqueue(resumed)
         self.cfg = cfg
         self.queue.max_pending = cfg.inference.max_pending_windows
-        self.metrics["config_reloads"].labels(result="success").inc()
         log.info(
             "reloaded %s: package %s version %s, %d source(s)",
             self.config_path,
@@ -557,6 +556,9 @@ class Daemon:
             if self.sparkplug is not None:  # DDEATH for removed sources, then a rebirth
                 self.sparkplug.set_sources(list(source_machines(cfg)))
         self._init_metrics(cfg, pipeline)
+        # counted once the inference thread has adopted it: a scrape that sees the count also
+        # sees the new package's model info and thresholds
+        self.metrics["config_reloads"].labels(result="success").inc()
         if self.server is not None and (cfg.metrics.host, cfg.metrics.port) != (
             old_cfg.metrics.host,
             old_cfg.metrics.port,
