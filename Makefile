@@ -34,9 +34,13 @@ format: $(STAMP)
 
 system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-upgrade \
 	    mosquitto mosquitto-clients prometheus pulseaudio pulseaudio-utils \
-	    libasound2-plugins libportaudio2 libsndfile1 openssl nodejs npm systemd strace shellcheck
+	    libasound2-plugins libportaudio2 libsndfile1 openssl systemd strace shellcheck
+	# Node.js for the Grafana schema check; NodeSource's nodejs bundles npm and conflicts with
+	# Debian's npm package, so only install what is missing
+	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends --no-upgrade nodejs npm
 
 # The runtime as a systemd service (run as root): user, /opt/sonitor venv without torch,
 # /etc/sonitor/config.yaml (kept if present), the unit. INSTALL_ARGS=--dry-run shows the steps.

@@ -41,7 +41,11 @@ from training.separator.mixtures import AUDIO_SUFFIXES, mix_at_snr
 from training.separator.train import TrainConfig, evaluate_separator, train_separator
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FRONTEND = {"stage1": "ced", "logmel_knn": "logmel", "simclr": "logmel"}
+FRONTEND = {"stage1": "ced", "logmel_knn": "logmel", "simclr": "logmel", "stage2_ssl": "logmel"}
+# slow recipes run only at --stage1-snrs (not on the clean copy)
+SLOW = ("stage1", "stage2_ssl")
+# a recipe whose separated form is another recipe (stage2_ssl refuses --separator)
+WITH_SEPARATOR = {"stage2_ssl": "stage2_ssl_separation"}
 
 
 def noise_sets(root: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -172,7 +176,7 @@ def main() -> None:
         tag = "clean" if snr is None else f"{snr:+g}dB"
         noisy = noisy_copy(data, out / f"data-{tag}", snr, noise_b, args, rng)
         for recipe in args.recipes:
-            if recipe == "stage1" and (snr is None or snr not in args.stage1_snrs):
+            if recipe in SLOW and (snr is None or snr not in args.stage1_snrs):
                 continue
             for with_sep in (False, True):
                 opts = RecipeOptions(
@@ -181,7 +185,8 @@ def main() -> None:
                 )  # fmt: skip
                 t0 = time.perf_counter()
                 name = f"{recipe}-{tag}-{'sep' if with_sep else 'plain'}"
-                ev = evaluate(noisy, out / "runs" / name, recipe, opts, plots=False)
+                run = WITH_SEPARATOR.get(recipe, recipe) if with_sep else recipe
+                ev = evaluate(noisy, out / "runs" / name, run, opts, plots=False)
                 row = {
                     "recipe": recipe, "noise": tag, "separator": with_sep,
                     "official_score": ev.official_score, "official": ev.rows[-1],
