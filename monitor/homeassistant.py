@@ -22,33 +22,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from monitor.mqtt import MqttSettings, Topics
+from monitor.mqtt import MqttSettings, Topics, paho_client
 from monitor.payloads import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE
 
 log = logging.getLogger(__name__)
 
 ALARM_STATES = ("idle", "active", "cooldown", "muted", "unhealthy")
-
-
-def paho_client(
-    settings: MqttSettings, client_id: str, *, reconnect_on_failure: bool = True
-) -> mqtt.Client:
-    """A paho client with the daemon's broker credentials and TLS (for the side sessions)."""
-    protocol = mqtt.MQTTv5 if settings.protocol == "5" else mqtt.MQTTv311
-    kwargs: dict[str, Any] = {
-        "client_id": client_id,
-        "protocol": protocol,
-        "reconnect_on_failure": reconnect_on_failure,
-    }
-    if protocol == mqtt.MQTTv311:
-        kwargs["clean_session"] = True
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
-    if settings.username:
-        client.username_pw_set(settings.username, settings.read_password())
-    ctx = settings.ssl_context()
-    if ctx is not None:
-        client.tls_set_context(ctx)
-    return client
 
 
 def discovery_configs(

@@ -183,6 +183,35 @@ class MqttSettings:
         return ctx
 
 
+def paho_client(
+    settings: MqttSettings,
+    client_id: str,
+    *,
+    reconnect_on_failure: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
+) -> mqtt.Client:
+    """A paho client with the config's protocol, credentials and TLS.
+
+    Shared by the daemon's main session and the integrations' side sessions (Home Assistant,
+    Sparkplug B), so they all reach a broker that requires TLS and a password the same way.
+    Reads the password (ConfigError when its file or variable is missing); ``ssl_context``
+    reuses a context built once, else one is built from ``settings``.
+    """
+    kwargs: dict[str, Any] = {"client_id": client_id, "reconnect_on_failure": reconnect_on_failure}
+    if settings.protocol == "5":
+        kwargs["protocol"] = mqtt.MQTTv5
+    else:
+        kwargs["protocol"] = mqtt.MQTTv311
+        kwargs["clean_session"] = True
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.read_password())
+    ctx = ssl_context if ssl_context is not None else settings.ssl_context()
+    if ctx is not None:
+        client.tls_set_context(ctx)
+    return client
+
+
 class Topics:
     """Topic names under one prefix (the naming is part of the API: docs/mqtt.md)."""
 
@@ -474,19 +503,12 @@ class MqttClient:
         self._sid += 1
         sid = self._sid
         try:
-            password = s.read_password()
+            client = paho_client(s, s.client_id, reconnect_on_failure=False, ssl_context=self._ssl)
         except ConfigError as exc:
             self.last_error = str(exc)
             log.error("MQTT: %s; retrying in %g s", exc, self._backoff)
             self._schedule_retry()
             return None
-        kwargs: dict[str, Any] = {"client_id": s.client_id, "reconnect_on_failure": False}
-        if s.protocol == "5":
-            kwargs["protocol"] = mqtt.MQTTv5
-        else:
-            kwargs["protocol"] = mqtt.MQTTv311
-            kwargs["clean_session"] = True
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
         if log.isEnabledFor(logging.DEBUG):  # paho logs routine retries at ERROR level
             client.enable_logger(logging.getLogger("monitor.mqtt.paho"))
         # paho sleeps this long after a failed attempt before its thread ends (we retry ourselves)
@@ -494,10 +516,6 @@ class MqttClient:
         client.max_inflight_messages_set(_MAX_IN_FLIGHT)
         if s.availability:
             client.will_set(self.topics.availability, AVAILABILITY_OFFLINE, qos=1, retain=True)
-        if s.username:
-            client.username_pw_set(s.username, password)
-        if self._ssl is not None:
-            client.tls_set_context(self._ssl)
         session = _Session(sid, client)
         post = self._queue.put
 

@@ -510,7 +510,7 @@ def test_side_sessions_use_the_mqtt_tls_and_password(
     tmp_path: Path, payload_cls: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Sparkplug node and HA discovery connect with the mqtt section's TLS client certificate
-    and password (shared `paho_client`), against a broker that requires both."""
+    and password (shared `monitor.mqtt.paho_client`), against a broker that requires both."""
     from broker import make_tls_files
 
     from monitor.homeassistant import HomeAssistantDiscovery
