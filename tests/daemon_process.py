@@ -15,7 +15,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,39 @@ def run_cli(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
+
+
+@contextmanager
+def daemon_on_a_file(
+    tmp_path: Path, package: Path, seconds: float = 5, timeout: float = 60
+) -> Iterator[tuple[Any, Any]]:
+    """An in-process daemon replaying `seconds` of fan sound as fast as it can (no metrics port).
+
+    Yields (daemon, metrics) once all but the last window are scored; afterwards stops it and
+    checks that it ended cleanly.
+    """
+    import threading
+
+    from monitor.config import load_config
+    from monitor.daemon import Daemon
+    from monitor.metrics import Metrics
+    from monitor.sdnotify import Notifier
+
+    wav = write_wav(tmp_path / "a.wav", machine_audio("fan", seconds, seed=3))
+    src = {"name": "a", "type": "file", "machine": "fan", "path": str(wav), "realtime": False}
+    cfg_path = write_config(tmp_path / "c.yaml", package, [src], metrics={"enabled": False})
+    metrics = Metrics(process=False)
+    daemon = Daemon(load_config(cfg_path), cfg_path, notifier=Notifier({}), metrics=metrics)
+    runner = threading.Thread(target=daemon.run, kwargs={"install_signals": False}, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while daemon.windows_scored < expected_windows(seconds, 2.0, 0.5) - 1:
+            assert runner.is_alive(), "the daemon stopped"
+            assert time.monotonic() < deadline, "windows were not scored"
+            time.sleep(0.05)
+        yield daemon, metrics
+    finally:
+        daemon.request_stop()
+        runner.join(10)
+    assert not runner.is_alive() and daemon.exit_code == 0

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import math
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_process import expected_windows, machine_audio, write_config, write_wav
+from daemon_process import daemon_on_a_file, machine_audio, write_config, write_wav
 from package_fixtures import exported_tiny_encoder, make_tiny_package
 
 from monitor.capture import DeviceSourceSpec, FileSourceSpec
 from monitor.config import load_config, parse_config
-from monitor.daemon import Daemon
 from monitor.errors import ConfigError
-from monitor.metrics import Metrics
-from monitor.sdnotify import Notifier
 from monitor.wiring import (
     Pipeline,
     ScoreSmoother,
@@ -164,25 +159,9 @@ def test_separator_package_runs_per_window_through_the_separator(tmp_path: Path)
         hop_seconds=0.5,
         separator=identity_separator(tmp_path / "sep.onnx"),
     )
-    wav = write_wav(tmp_path / "a.wav", machine_audio("fan", 5, seed=3))
-    src = {"name": "a", "type": "file", "machine": "fan", "path": str(wav), "realtime": False}
-    cfg_path = write_config(tmp_path / "c.yaml", pkg, [src], metrics={"enabled": False})
-    metrics = Metrics(process=False)
-    daemon = Daemon(load_config(cfg_path), cfg_path, notifier=Notifier({}), metrics=metrics)
-    runner = threading.Thread(target=daemon.run, kwargs={"install_signals": False}, daemon=True)
-    runner.start()
-    try:
-        deadline = time.monotonic() + 30
-        # a separator must see the waveform: windows carry audio and the STFT runs per window
-        while daemon.windows_scored < expected_windows(5, 2.0, 0.5) - 1:
-            assert runner.is_alive(), "the daemon stopped"
-            assert time.monotonic() < deadline, "windows were not scored"
-            time.sleep(0.05)
+    # a separator must see the waveform: windows carry audio and the STFT runs per window
+    with daemon_on_a_file(tmp_path, pkg, timeout=30) as (daemon, metrics):
         assert not daemon.pipelines[0].embedder.streaming
-    finally:
-        daemon.request_stop()
-        runner.join(10)
-    assert not runner.is_alive() and daemon.exit_code == 0
     sep = metrics["stage_duration_seconds"].labels(stage="separator")
     assert sep._sum.get() > 0  # the separator stage was timed on every batch
     assert metrics["score_raw"].labels(source="a")._value.get() > 0

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import numpy as np
 import pytest
 import torch
-from daemon_process import expected_windows, machine_audio, write_config, write_wav
+from daemon_process import daemon_on_a_file, machine_audio
 from package_fixtures import synthetic_machine_audio
 
 from export.onnx_export import torch_embed
@@ -112,30 +110,9 @@ def test_runtime_scores_equal_pytorch_with_the_separator(package) -> None:
 
 
 def test_daemon_runs_the_separator_package_streaming(package, tmp_path) -> None:
-    from monitor.config import load_config
-    from monitor.daemon import Daemon
-    from monitor.metrics import Metrics
-    from monitor.sdnotify import Notifier
-
     _, pkg, _ = package
-    wav = write_wav(tmp_path / "a.wav", machine_audio("fan", 5, seed=3))
-    src = {"name": "a", "type": "file", "machine": "fan", "path": str(wav), "realtime": False}
-    cfg_path = write_config(tmp_path / "c.yaml", pkg, [src], metrics={"enabled": False})
-    metrics = Metrics(process=False)
-    daemon = Daemon(load_config(cfg_path), cfg_path, notifier=Notifier({}), metrics=metrics)
-    runner = threading.Thread(target=daemon.run, kwargs={"install_signals": False}, daemon=True)
-    runner.start()
-    try:
-        deadline = time.monotonic() + 60
-        while daemon.windows_scored < expected_windows(5, 2.0, 0.5) - 1:
-            assert runner.is_alive(), "the daemon stopped"
-            assert time.monotonic() < deadline, "windows were not scored"
-            time.sleep(0.05)
+    with daemon_on_a_file(tmp_path, pkg, timeout=60) as (daemon, metrics):
         assert daemon.pipelines[0].embedder.streaming  # frames separator: still streaming
-    finally:
-        daemon.request_stop()
-        runner.join(10)
-    assert not runner.is_alive() and daemon.exit_code == 0
     assert np.isfinite(metrics["score_raw"].labels(source="a")._value.get())
 
 
