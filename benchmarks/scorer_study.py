@@ -1,6 +1,7 @@
 """Train a recipe once, then compare scorers on the same embeddings (SYNTHETIC benchmark data).
 
     python benchmarks/scorer_study.py DATA_DIR --recipe simclr --out bench-out/scorers
+    python benchmarks/scorer_study.py bench-out/val1/data --synth-seed 1 --seed 1 ...  # validation
 
 Embeddings are cached in `<out>/embeddings.npz` (plain arrays), so a second run only re-scores.
 Prints one official score per scorer, as in `benchmarks/bench_recipes.py`.
@@ -22,7 +23,13 @@ from training.evaluate import _load_machine
 from training.recipes.base import RecipeOptions
 from training.recipes.registry import make_recipe
 
-SCORERS = ("mahalanobis", "mahalanobis_domainwise", "knn", "rescaled_knn_domainwise")
+SCORERS = (
+    "mahalanobis",
+    "mahalanobis_domainwise",
+    "mahalanobis_knn",
+    "knn",
+    "rescaled_knn_domainwise",
+)
 
 
 def embed_all(data_dir: Path, recipe: str, seed: int, extra: dict) -> dict[str, np.ndarray]:
@@ -70,8 +77,27 @@ def main() -> None:
     ap.add_argument("--scorers", nargs="+", default=list(SCORERS))
     ap.add_argument("--extra", default="{}", help="recipe options, e.g. '{\"simclr\": {...}}'")
     ap.add_argument("--breakdown", action="store_true", help="AUC per normal/anomaly domain pair")
+    ap.add_argument(
+        "--synth-seed",
+        type=int,
+        help="first generate DATA_DIR as the benchmark's synthetic set (3 machines, 300 + 10 "
+        "training, 50 per test group, 10 s) with this seed, e.g. 1 for a validation set",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.synth_seed is not None and not (args.data_dir / "SYNTHETIC").exists():
+        from training.synth import generate_dataset
+
+        generate_dataset(
+            args.data_dir,
+            machines=("fan", "pump", "gearbox"),
+            n_train_source=300,
+            n_train_target=10,
+            n_test_per_group=50,
+            n_supplemental=10,
+            seconds=10.0,
+            seed=args.synth_seed,
+        )
     cache = args.out / "embeddings.npz"
     if cache.exists():
         emb = dict(np.load(cache, allow_pickle=False))
@@ -81,7 +107,7 @@ def main() -> None:
     machines = sorted({k.split("/")[0] for k in emb})
     results = {}
     for name in args.scorers:
-        params = {"metric": "cosine"} if "knn" in name else {}
+        params = {"metric": "cosine"} if "knn" in name and "mahal" not in name else {}
         rows = []
         for m in machines:
             sc = make_scorer(name, **params).fit(

@@ -294,8 +294,9 @@ def _enroll_locked(
     d_all = np.concatenate([d_old.astype("<U6"), np.full(len(new), domain, "<U6")])
     doms = [d if d else None for d in d_all.tolist()]
     if name.startswith("mahalanobis"):
-        # scoring cost does not grow with N, and a coreset (which keeps the outskirts) would
-        # inflate the covariance: keep every embedding
+        # a coreset (which keeps the outskirts) would inflate the covariance: keep every
+        # embedding (the Gaussian scorers' cost does not grow with N; mahalanobis_knn's grows
+        # linearly, one distance per bank row per window)
         kept = np.arange(len(x_all))
     else:
         kept = subsample_bank(x_all, d_all, max_bank, metric=_metric(params), seed=seed)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +33,7 @@ __all__ = [
     "METRICS",
     "SCORER_NAMES",
     "KNNScorer",
+    "MahalanobisKNNScorer",
     "MahalanobisScorer",
     "RescaledKNNScorer",
     "Scorer",
@@ -185,6 +186,20 @@ def _nearest_others(bank: _Bank, m: int) -> tuple[np.ndarray, np.ndarray]:
         idx[sl] = np.take_along_axis(part, order, axis=1)
         dist[sl] = np.take_along_axis(pd, order, axis=1)
     return idx, dist
+
+
+# extra(rows, cols) -> [len(rows), len(cols)] added squared distances (RescaledKNNScorer._loo)
+_ExtraSq = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _corrected(D: np.ndarray, extra: _ExtraSq | None, rows: np.ndarray, cols: np.ndarray):
+    """Euclidean distances D with ``extra(rows, cols)`` added to their squares (in place)."""
+    if extra is None:
+        return D
+    D *= D
+    D += extra(rows, cols)
+    np.maximum(D, 0.0, out=D)
+    return np.sqrt(D, out=D)
 
 
 def _mean_k_smallest(D: np.ndarray, k: int) -> np.ndarray:
@@ -448,10 +463,16 @@ class RescaledKNNScorer(Scorer):
         Other banks do not contain y_i and use their fitted scales.
         """
         self._check_fitted()
+        return self._loo(None)
+
+    def _loo(self, extra: _ExtraSq | None) -> np.ndarray:
+        """``loo_scores`` with an optional additive correction to the LEFT-OUT row's squared
+        distances (``extra(rows, cols)``, global bank indices; Euclidean only), used by
+        ``MahalanobisKNNScorer`` for the metric that row would not have shaped."""
         n = self.bank_.shape[0]
         out = np.full(n, np.inf)
         for b, (members, bank) in enumerate(self._banks):
-            own = self._loo_within(bank, self.scales_[members], len(members))
+            own = self._loo_within(bank, self.scales_[members], members, extra)
             out[members] = np.minimum(out[members], own)
             for other, (members_o, bank_o) in enumerate(self._banks):
                 if other == b:
@@ -460,14 +481,18 @@ class RescaledKNNScorer(Scorer):
                 c = self.scales_[members_o]
                 for sl in _chunks(len(members), len(bank_o)):
                     rows = members[sl]
-                    out[rows] = np.minimum(out[rows], (bank_o.distances(Qp[sl]) / c).min(axis=1))
+                    D = _corrected(bank_o.distances(Qp[sl]), extra, rows, members_o)
+                    out[rows] = np.minimum(out[rows], (D / c).min(axis=1))
         return out
 
-    def _loo_within(self, bank: _Bank, scales: np.ndarray, n: int) -> np.ndarray:
+    def _loo_within(
+        self, bank: _Bank, scales: np.ndarray, members: np.ndarray, extra: _ExtraSq | None
+    ) -> np.ndarray:
+        n = len(members)
         k = self._k_for(n)
         k_refit = self._k_for(n - 1)
         if k_refit != k:
-            return self._loo_by_refit(bank, k_refit)
+            return self._loo_by_refit(bank, k_refit, members, extra)
         idx, dist = _nearest_others(bank, k + 1)
         # c_j without i, for every i among j's k nearest: drop d(j, i), let the (k+1)-th in.
         alt = (dist.sum(axis=1, keepdims=True) - dist[:, :k]) / k
@@ -476,7 +501,7 @@ class RescaledKNNScorer(Scorer):
         pair_c = np.maximum(alt.ravel(), _MIN_SCALE)
         out = np.empty(n)
         for sl in _chunks(n, n):
-            D = bank.distances(bank.Y[sl])
+            D = _corrected(bank.distances(bank.Y[sl]), extra, members[sl], members)
             local = np.arange(sl.stop - sl.start)
             R = D / scales
             R[local, local + sl.start] = np.inf
@@ -487,17 +512,20 @@ class RescaledKNNScorer(Scorer):
         return out
 
     @staticmethod
-    def _loo_by_refit(bank: _Bank, k: int) -> np.ndarray:
+    def _loo_by_refit(
+        bank: _Bank, k: int, members: np.ndarray, extra: _ExtraSq | None
+    ) -> np.ndarray:
         """Small banks: literally refit without each embedding (O(n^3 D), n <= K + 1)."""
         n = len(bank)
         D = bank.distances(bank.Y)
+        Dq = _corrected(D.copy(), extra, members, members)
         out = np.empty(n)
         for i in range(n):
             keep = np.delete(np.arange(n), i)
             sub = D[np.ix_(keep, keep)].copy()
             np.fill_diagonal(sub, np.inf)
             c = np.maximum(np.sort(sub, axis=1)[:, :k].mean(axis=1), _MIN_SCALE)
-            out[i] = np.min(D[i, keep] / c)
+            out[i] = np.min(Dq[i, keep] / c)
         return out
 
     # -- persistence ---------------------------------------------------------------------------
@@ -851,6 +879,134 @@ class DomainwiseMahalanobisScorer(Scorer):
         return scorer
 
 
+class MahalanobisKNNScorer(Scorer):
+    """Domain-wise rescaled k-NN (``rescaled_knn_domainwise``) in the Mahalanobis metric of the
+    pooled WITHIN-domain covariance.
+
+    Why: a Gaussian fitted to source and target together (``mahalanobis``) puts the handful of
+    target clips in its tail, so target-domain normal clips score 3-6x higher than source ones;
+    a mean per domain (``mahalanobis_domainwise``) does not fix it, because the target clips
+    also spread differently. Local-density rescaling (Wilkinghoff et al. 2025) puts both domains
+    on one scale, and the Mahalanobis metric keeps what the Gaussian does well: directions in
+    which normal clips vary around their operating condition count little, new directions a
+    lot. Embeddings are whitened with that covariance (x -> W^T x, W W^T = its inverse, the
+    ``mahalanobis`` ridge rule when singular), then scored with Euclidean rescaled k-NN, K = 16,
+    one bank per domain. Selected for the ``simclr`` recipe on a validation set of its own
+    (``benchmarks/results/simclr_scorers.md``).
+
+    Leave-one-out: the left-out clip's distances use the metric re-estimated without it (exact,
+    a rank-one Sherman-Morrison update of the pooled scatter, its domain mean moved); the other
+    references' c_j drop it from their neighbourhoods as in ``RescaledKNNScorer`` but keep the
+    full-data metric (one clip of N moves them little; the test against a literal refit bounds
+    the difference). Without the first part a clip's own share of the covariance shrinks its
+    distances and the threshold comes out low.
+    """
+
+    name: ClassVar[str] = "mahalanobis_knn"
+
+    def __init__(self, k: int = 16) -> None:
+        self.k = _check_k(k)
+        self.n_features_in_: int | None = None
+
+    def __repr__(self) -> str:
+        return f"MahalanobisKNNScorer(k={self.k})"
+
+    def fit(
+        self, X: ArrayLike, domains: Sequence[str | None] | None = None
+    ) -> MahalanobisKNNScorer:
+        X = _as_matrix(X)
+        codes = _domain_codes(domains, X.shape[0])
+        knn = RescaledKNNScorer(self.k, metric="euclidean", domainwise=True)
+        knn._validate_sizes(codes)
+        if np.ptp(X, axis=0).max() == 0:
+            raise ValueError("all embeddings are identical: their covariance is zero")
+        E = _within_domain_residuals(X, codes)
+        cov = E.T @ E / X.shape[0]
+        w, V = np.linalg.eigh(cov)
+        singular = w.min() <= w.max() * cov.shape[0] * np.finfo(np.float64).eps
+        self.ridge_ = _RIDGE * float(np.trace(cov)) / cov.shape[0] if singular else 0.0
+        w = np.maximum(w, 0.0) + self.ridge_ if singular else w
+        self.whitening_ = V / np.sqrt(w)
+        self.data_ = X.copy()
+        self.domains_ = codes
+        self.knn_ = knn.fit(X @ self.whitening_, [DOMAINS[c] for c in codes])
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def partial_fit(
+        self, X: ArrayLike, domains: Sequence[str | None] | None = None
+    ) -> MahalanobisKNNScorer:
+        """Refit on the stored embeddings plus ``X`` (the metric and every c_j move)."""
+        if not self.is_fitted:
+            return self.fit(X, domains)
+        X = self._check_query(X)
+        codes = _domain_codes(domains, X.shape[0])
+        both = [DOMAINS[c] for c in np.concatenate([self.domains_, codes])]
+        return self.fit(np.vstack([self.data_, X]), both)
+
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
+        Q = self._check_query(X)
+        return self.knn_.score_samples(Q @ self.whitening_)
+
+    def loo_scores(self) -> np.ndarray:
+        self._check_fitted()
+        n = self.data_.shape[0]
+        Z = self.knn_.bank_
+        F = _within_domain_residuals(self.data_, self.domains_) @ self.whitening_
+        counts = np.bincount(self.domains_, minlength=len(DOMAINS)).astype(np.float64)
+        c = counts[self.domains_] / (counts[self.domains_] - 1.0) / n
+        # metric without row i: (S - c_i e_i e_i^T)^-1 = P + P e e^T P c_i / (1 - c_i e^T P e)
+        g = c / np.maximum(1.0 - c * np.einsum("ij,ij->i", F, F), 1e-12)
+        own = np.einsum("ij,ij->i", F, Z)
+
+        def extra(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            A = F[rows] @ Z[cols].T
+            A -= own[rows, None]
+            A *= A
+            A *= g[rows, None]
+            return A
+
+        return self.knn_._loo(extra)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            **self._header(),
+            "k": np.array(self.k),
+            "data": self.data_,
+            "domains": self.domains_,
+            "whitening": self.whitening_,
+            "ridge": np.array(self.ridge_),
+            "scales": self.knn_.scales_,
+        }
+
+    @classmethod
+    def _from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> MahalanobisKNNScorer:
+        scorer = cls(k=_read_int(arrays, "k"))
+        data = _read_matrix(arrays, "data")
+        n, p = data.shape
+        codes = _read_vector(arrays, "domains", n, kinds="u").astype(np.uint8)
+        if np.any(codes >= len(DOMAINS)):
+            raise PackageError("scorer array 'domains' holds codes other than 0/1")
+        scales = _read_vector(arrays, "scales", n)
+        if np.any(scales <= 0):
+            raise PackageError("scorer array 'scales' must be positive")
+        scorer.whitening_ = _read_square(arrays, "whitening", p)
+        scorer.ridge_ = _read_float(arrays, "ridge")
+        scorer.data_, scorer.domains_ = data, codes
+        scorer.knn_ = RescaledKNNScorer(scorer.k, metric="euclidean", domainwise=True)
+        scorer.knn_._set_state(data @ scorer.whitening_, codes, scales)
+        scorer.n_features_in_ = p
+        return scorer
+
+
+def _within_domain_residuals(X: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each row minus the mean of its domain: the scatter of clips around their condition."""
+    E = X.copy()
+    for d in np.unique(codes):
+        E[codes == d] -= X[codes == d].mean(axis=0)
+    return E
+
+
 # --------------------------------------------------------------------------------------------
 # registry and persistence
 
@@ -861,6 +1017,7 @@ _REGISTRY: dict[str, tuple[type[Scorer], dict[str, Any]]] = {
     "mahalanobis": (MahalanobisScorer, {"covariance": "ml"}),
     "mahalanobis_robust": (MahalanobisScorer, {"covariance": "robust"}),
     "mahalanobis_domainwise": (DomainwiseMahalanobisScorer, {}),
+    "mahalanobis_knn": (MahalanobisKNNScorer, {}),
 }
 SCORER_NAMES = tuple(_REGISTRY)
 

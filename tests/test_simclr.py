@@ -380,5 +380,5 @@ def test_recipe_trains_once_embeds_with_stage_1_and_scores_anomalies():
     scores = rec.score("a", np.concatenate([normal, clicks + normal]))
     assert scores.shape == (8,) and scores[4:].min() > scores[:4].max()
     d = rec.describe()
-    assert d["scorer"] == "mahalanobis" and d["steps"] == 3 and d["stage"] == 1
+    assert d["scorer"] == "mahalanobis_knn" and d["steps"] == 3 and d["stage"] == 1
     assert d["pooling"] == "mean+fmax"

@@ -50,8 +50,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed-blocks", help="CED blocks to mean-pool, e.g. 7,10 (default: last)")
     p.add_argument(
         "--scorer",
-        help="override the recipe's scorer (knn, rescaled_knn, "
-        "rescaled_knn_domainwise, mahalanobis, mahalanobis_robust)",
+        help="override the recipe's scorer (knn, rescaled_knn, rescaled_knn_domainwise, "
+        "mahalanobis, mahalanobis_robust, mahalanobis_domainwise, mahalanobis_knn)",
     )
     p.add_argument("--k", type=int, default=16, help="K for k-NN rescaling (default 16)")
     p.add_argument("--epochs", type=int, help="override the recipe's training epochs")

@@ -143,14 +143,19 @@ class EmbeddingRecipe(Recipe):
     def make_scorer(self, domains: list[str | None] | None = None) -> Any:
         name = self.scorer_name()
         n_target = sum(d == "target" for d in domains or [])
-        if name == "rescaled_knn_domainwise" and 0 < n_target < 3:
+        fallback = {"rescaled_knn_domainwise": "rescaled_knn", "mahalanobis_knn": "mahalanobis"}
+        if name in fallback and 0 < n_target < 3:
             log.warning(
-                "only %d target clip(s): a domain-wise target bank needs 3; using the pooled bank",
+                "only %d target clip(s): %s needs 3 per domain; using %s",
                 n_target,
+                name,
+                fallback[name],
             )
-            name = "rescaled_knn"
+            name = fallback[name]
         params: dict[str, Any] = {}
-        if "knn" in name:
+        if name == "mahalanobis_knn":
+            params["k"] = self.options.k
+        elif "knn" in name:
             params["metric"] = self.default_metric
             if name.startswith("rescaled"):
                 params["k"] = self.options.k

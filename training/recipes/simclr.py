@@ -58,7 +58,7 @@ TARGET_REPEAT = 1
 class SimCLR(EmbeddingRecipe):
     name: ClassVar[str] = "simclr"
     summary: ClassVar[str] = "ResNet-18 from scratch, SimCLR NT-Xent, Mahalanobis (second seed)"
-    default_scorer: ClassVar[str] = "mahalanobis"
+    default_scorer: ClassVar[str] = "mahalanobis_knn"
 
     def __init__(self, options: RecipeOptions | None = None) -> None:
         super().__init__(options)
