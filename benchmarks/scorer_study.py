@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scorer_candidates import CANDIDATES  # benchmarks/ is on sys.path when run as a script
 
 from monitor.scoring import make_scorer
 from training import metrics
@@ -74,7 +75,12 @@ def main() -> None:
     ap.add_argument("--recipe", default="simclr")
     ap.add_argument("--out", type=Path, default=Path("bench-out/scorers"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scorers", nargs="+", default=list(SCORERS))
+    ap.add_argument(
+        "--scorers",
+        nargs="+",
+        default=list(SCORERS),
+        help=f"scorer names, or rejected candidates: {', '.join(CANDIDATES)}",
+    )
     ap.add_argument("--extra", default="{}", help="recipe options, e.g. '{\"simclr\": {...}}'")
     ap.add_argument("--breakdown", action="store_true", help="AUC per normal/anomaly domain pair")
     ap.add_argument(
@@ -110,9 +116,8 @@ def main() -> None:
         params = {"metric": "cosine"} if "knn" in name and "mahal" not in name else {}
         rows = []
         for m in machines:
-            sc = make_scorer(name, **params).fit(
-                emb[f"{m}/train"], domains=list(emb[f"{m}/train_domains"])
-            )
+            sc = CANDIDATES[name]() if name in CANDIDATES else make_scorer(name, **params)
+            sc = sc.fit(emb[f"{m}/train"], domains=list(emb[f"{m}/train_domains"]))
             s = sc.score_samples(emb[f"{m}/test"])
             r = metrics.machine_scores(emb[f"{m}/test_labels"], s, list(emb[f"{m}/test_domains"]))
             r["machine"] = m

@@ -91,3 +91,16 @@ def test_too_few_target_clips_is_a_clear_error():
     X, dom = two_domains(6, n_target=2)
     with pytest.raises(ValueError, match="at least 3 target embeddings"):
         MahalanobisKNNScorer().fit(X, dom)
+
+
+def test_two_operating_states_in_one_domain_leave_the_gap_between_them_anomalous():
+    # A machine enrolled at two speeds as one domain: the normal sound has two modes. A single
+    # Gaussian puts its mean (the most "normal" point) in the gap; k-NN does not.
+    rng = np.random.default_rng(7)
+    X = np.vstack([rng.standard_normal((80, 4)) - 5.0, rng.standard_normal((80, 4)) + 5.0])
+    s = MahalanobisKNNScorer().fit(X)
+    modes = np.vstack([rng.standard_normal((40, 4)) - 5.0, rng.standard_normal((40, 4)) + 5.0])
+    gap = np.zeros((1, 4))
+    assert s.score_samples(gap)[0] > 1.5 * np.quantile(s.score_samples(modes), 0.95)
+    gauss = MahalanobisScorer().fit(X)
+    assert gauss.score_samples(gap)[0] < np.median(gauss.score_samples(modes))

@@ -28,8 +28,8 @@ def resolve_auto(options: RecipeOptions) -> tuple[str, str]:
     """Pick the strongest recipe that can run; return (name, why).
 
     `stage2_ssl*` are not chosen: without weights they scored 0.811 / 0.813 on the synthetic
-    benchmark against simclr's 0.823 (benchmarks/results/stage2.md); with weights, fine-tuning
-    CED has not been measured here (no official weights on this machine).
+    benchmark against simclr's 0.862 (README; benchmarks/results/stage2.md); with weights,
+    fine-tuning CED has not been measured here (no official weights on this machine).
     """
     if options.checkpoint:
         return "stage1", "pretrained CED weights given (--checkpoint): frozen CED + rescaled k-NN"
