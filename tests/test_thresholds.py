@@ -176,3 +176,16 @@ def test_well_behaved_gamma_scores_keep_the_gamma_fit():
     cal = calibrate(scores, method="gamma", q=0.9)
     assert cal.method == "gamma"
     assert cal.threshold == pytest.approx(gamma_threshold(scores, 0.9))
+
+
+def test_gamma_threshold_above_nearly_every_normal_score_falls_back():
+    # A bulk with a hard floor plus a few far scores (LOO scores of a 10-clip target bank): the
+    # free-location fit comes out J-shaped and its 0.9 quantile sits above ~97 % of the normal
+    # scores, so about half the anomalies would be missed.
+    rng = np.random.default_rng(3)
+    scores = np.r_[0.85 + np.abs(rng.normal(0, 0.2, 300)), rng.uniform(1.7, 2.3, 10)]
+    raw = gamma_threshold(scores, 0.9)
+    assert np.mean(scores > raw) < 0.04 and raw > 1.3 * np.quantile(scores, 0.9)
+    cal = calibrate(scores, method="gamma", q=0.9)
+    assert cal.method == "percentile"
+    assert cal.threshold == pytest.approx(np.quantile(scores, 0.9))
