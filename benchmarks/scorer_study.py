@@ -69,6 +69,20 @@ def breakdown(machine: str, s: np.ndarray, labels: np.ndarray, domains: np.ndarr
     print(f"  {machine}: AUC {', '.join(parts)}; median score {med}")
 
 
+def alarms(machine: str, scorer, s: np.ndarray, labels: np.ndarray, domains: np.ndarray) -> None:
+    """False alarms per domain and detections at the threshold the package would carry."""
+    from monitor.thresholds import calibrate
+
+    cal = calibrate(scorer.loo_scores(), method="gamma", q=0.9)
+    above = s > cal.threshold
+    fa = {d: float(np.mean(above[(labels == 0) & (domains == d)])) for d in ("source", "target")}
+    print(
+        f"  {machine}: threshold {cal.threshold:.4g} ({cal.method}); normal clips above it: "
+        f"source {fa['source']:.2f}, target {fa['target']:.2f}; anomalies above it "
+        f"{np.mean(above[labels == 1]):.2f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", type=Path)
@@ -83,6 +97,12 @@ def main() -> None:
     )
     ap.add_argument("--extra", default="{}", help="recipe options, e.g. '{\"simclr\": {...}}'")
     ap.add_argument("--breakdown", action="store_true", help="AUC per normal/anomaly domain pair")
+    ap.add_argument(
+        "--alarms",
+        action="store_true",
+        help="share of test clips above the calibrated threshold (gamma on LOO scores, 0.9), "
+        "per domain: what a daemon with this bank would flag",
+    )
     ap.add_argument(
         "--synth-seed",
         type=int,
@@ -124,6 +144,8 @@ def main() -> None:
             rows.append(r)
             if args.breakdown:
                 breakdown(m, s, emb[f"{m}/test_labels"], emb[f"{m}/test_domains"])
+            if args.alarms and hasattr(sc, "loo_scores"):
+                alarms(m, sc, s, emb[f"{m}/test_labels"], emb[f"{m}/test_domains"])
         table = metrics.summary_table(rows)
         results[name] = table[-1]
         off = metrics.official_score(rows)

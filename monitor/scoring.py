@@ -192,7 +192,9 @@ def _nearest_others(bank: _Bank, m: int) -> tuple[np.ndarray, np.ndarray]:
 _ExtraSq = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _corrected(D: np.ndarray, extra: _ExtraSq | None, rows: np.ndarray, cols: np.ndarray):
+def _corrected(
+    D: np.ndarray, extra: _ExtraSq | None, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
     """Euclidean distances D with ``extra(rows, cols)`` added to their squares (in place)."""
     if extra is None:
         return D
