@@ -251,6 +251,21 @@ class Scorer(ABC):
         if not self.is_fitted:
             raise ValueError(f"{type(self).__name__} is not fitted; call fit() first")
 
+    def _refit_with(
+        self,
+        stored: np.ndarray,
+        stored_codes: np.ndarray,
+        X: ArrayLike,
+        domains: Sequence[str | None] | None,
+    ) -> Any:
+        """``partial_fit`` for scorers that keep their embeddings: fit on stored + new."""
+        if not self.is_fitted:
+            return self.fit(X, domains)
+        X = self._check_query(X)
+        codes = _domain_codes(domains, X.shape[0])
+        both = [DOMAINS[c] for c in np.concatenate([stored_codes, codes])]
+        return self.fit(np.vstack([stored, X]), both)
+
     def _check_query(self, X: ArrayLike) -> np.ndarray:
         self._check_fitted()
         Q = _as_matrix(X)
@@ -436,12 +451,7 @@ class RescaledKNNScorer(Scorer):
         self, X: ArrayLike, domains: Sequence[str | None] | None = None
     ) -> RescaledKNNScorer:
         """Append embeddings and recompute every c_j (new neighbours change old scales)."""
-        if not self.is_fitted:
-            return self.fit(X, domains)
-        X = self._check_query(X)
-        codes = _domain_codes(domains, X.shape[0])
-        both = [DOMAINS[c] for c in np.concatenate([self.domains_, codes])]
-        return self.fit(np.vstack([self.bank_, X]), both)
+        return self._refit_with(self.bank_, self.domains_, X, domains)
 
     # -- scoring -------------------------------------------------------------------------------
     def score_samples(self, X: ArrayLike) -> np.ndarray:
@@ -636,10 +646,7 @@ class MahalanobisScorer(Scorer):
     @staticmethod
     def _precision(cov: np.ndarray) -> tuple[np.ndarray, float]:
         """Inverse covariance; a singular one gets the documented ridge first."""
-        w, V = np.linalg.eigh(cov)
-        singular = w.min() <= w.max() * cov.shape[0] * np.finfo(np.float64).eps
-        ridge = _RIDGE * float(np.trace(cov)) / cov.shape[0] if singular else 0.0
-        w = np.maximum(w, 0.0) + ridge if singular else w
+        w, V, ridge = _eigh_with_ridge(cov)
         return (V / w) @ V.T, ridge
 
     def _fit_robust(self, X: np.ndarray) -> None:
@@ -796,12 +803,7 @@ class DomainwiseMahalanobisScorer(Scorer):
         self, X: ArrayLike, domains: Sequence[str | None] | None = None
     ) -> DomainwiseMahalanobisScorer:
         """Refit on the stored embeddings plus ``X`` (exactly equal to fitting on both)."""
-        if not self.is_fitted:
-            return self.fit(X, domains)
-        X = self._check_query(X)
-        codes = _domain_codes(domains, X.shape[0])
-        both = [DOMAINS[c] for c in np.concatenate([self.domains_, codes])]
-        return self.fit(np.vstack([self.data_, X]), both)
+        return self._refit_with(self.data_, self.domains_, X, domains)
 
     def score_samples(self, X: ArrayLike) -> np.ndarray:
         Q = self._check_query(X)
@@ -924,10 +926,7 @@ class MahalanobisKNNScorer(Scorer):
             raise ValueError("all embeddings are identical: their covariance is zero")
         E = _within_domain_residuals(X, codes)
         cov = E.T @ E / X.shape[0]
-        w, V = np.linalg.eigh(cov)
-        singular = w.min() <= w.max() * cov.shape[0] * np.finfo(np.float64).eps
-        self.ridge_ = _RIDGE * float(np.trace(cov)) / cov.shape[0] if singular else 0.0
-        w = np.maximum(w, 0.0) + self.ridge_ if singular else w
+        w, V, self.ridge_ = _eigh_with_ridge(cov)
         self.whitening_ = V / np.sqrt(w)
         self.data_ = X.copy()
         self.domains_ = codes
@@ -939,12 +938,7 @@ class MahalanobisKNNScorer(Scorer):
         self, X: ArrayLike, domains: Sequence[str | None] | None = None
     ) -> MahalanobisKNNScorer:
         """Refit on the stored embeddings plus ``X`` (the metric and every c_j move)."""
-        if not self.is_fitted:
-            return self.fit(X, domains)
-        X = self._check_query(X)
-        codes = _domain_codes(domains, X.shape[0])
-        both = [DOMAINS[c] for c in np.concatenate([self.domains_, codes])]
-        return self.fit(np.vstack([self.data_, X]), both)
+        return self._refit_with(self.data_, self.domains_, X, domains)
 
     def score_samples(self, X: ArrayLike) -> np.ndarray:
         Q = self._check_query(X)
@@ -999,6 +993,16 @@ class MahalanobisKNNScorer(Scorer):
         scorer.knn_._set_state(data @ scorer.whitening_, codes, scales)
         scorer.n_features_in_ = p
         return scorer
+
+
+def _eigh_with_ridge(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Eigenvalues and vectors of a covariance; a singular one first gets the ridge
+    ``_RIDGE`` x mean variance on its diagonal (returned, 0.0 when not singular)."""
+    w, V = np.linalg.eigh(cov)
+    singular = w.min() <= w.max() * cov.shape[0] * np.finfo(np.float64).eps
+    ridge = _RIDGE * float(np.trace(cov)) / cov.shape[0] if singular else 0.0
+    w = np.maximum(w, 0.0) + ridge if singular else w
+    return w, V, ridge
 
 
 def _within_domain_residuals(X: np.ndarray, codes: np.ndarray) -> np.ndarray:
