@@ -24,13 +24,7 @@ from training.simsiam import (
 )
 from training.synth import plan, render_clip
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_loss_is_minus_one_for_aligned_and_zero_for_orthogonal():

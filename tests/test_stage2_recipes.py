@@ -22,12 +22,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = {"simsiam": {"batch_size": 6, "crop_seconds": 0.5, "lr": 0.2, "log_every": 2}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

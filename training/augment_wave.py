@@ -20,11 +20,9 @@ benchmark with `stage2_ssl_supplemental`: all six 0.8015, without the two 0.8128
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 
 from monitor.errors import ConfigError, DataError
+from training.train_utils import one_torch_thread
 
 SR = 16000
 N_FFT = 512
@@ -320,18 +319,6 @@ class NoiseBank:
 # --------------------------------------------------------------------------- the chain
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run per-clip STFT work on one intra-op thread. Why: on 2 shared cores, small FFTs with
-    two threads measured 7-11x slower per clip (thread hand-off dominates tiny ops)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _uniform(n: int, spec: AugSpec, gen: torch.Generator) -> torch.Tensor:
     return spec.low + (spec.high - spec.low) * torch.rand(n, generator=gen)
 
@@ -394,7 +381,7 @@ class WaveAugmenter:
             t0 = time.perf_counter()
             fire = (torch.rand(b, generator=gen) < cfg[name].p).tolist()
             values = _uniform(b, cfg[name], gen).tolist()
-            with _one_thread():
+            with one_torch_thread():  # small per-clip FFTs
                 for i in range(b):
                     if fire[i]:
                         y = op(rows[i], values[i])

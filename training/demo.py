@@ -21,14 +21,13 @@ ones a plant engineer runs by hand, through the same code:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -147,24 +146,6 @@ def make_data(out: Path, machine: str, sizes: DemoSizes, seed: int) -> Path:
 CALIBRATION = ("percentile", 0.9)
 
 
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run torch on one thread, then restore the count.
-
-    Why: on 2 shared cores, two OpenMP threads made SimCLR steps 4-8x slower whenever another
-    process was busy (measured: 5 steps of 16 clips 15.3 s vs 1.9 s on one thread), while on an
-    idle machine the second thread can at best halve the time.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @dataclass
 class Trained:
     """A fitted recipe for one machine, its offline score and the training material it saw."""
@@ -182,6 +163,7 @@ def train_model(data: Path, machine: str, sizes: DemoSizes, seed: int, progress:
     from training.data import discover, load_clips
     from training.recipes.base import MachineArrays, RecipeOptions
     from training.recipes.registry import make_recipe
+    from training.train_utils import one_torch_thread
 
     md = discover(data)[machine]
     simclr = {
@@ -209,6 +191,7 @@ def export_package(trained: Trained, dest: Path, run_dir: Path, sizes: DemoSizes
     (`sonitor export --run` rebuilds the package from it)."""
     from export.package_writer import MachineSpec, build_package
     from export.run_dir import save_run
+    from training.train_utils import one_torch_thread
 
     rec, m = trained.recipe, trained.machine
     spec = MachineSpec(m, rec.train_embeddings[m], trained.domains, rec.scorers[m])
