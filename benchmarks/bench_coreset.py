@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.enroll import calibration_scores, spearman, subsample_bank
-from monitor.scoring import make_scorer
-from monitor.thresholds import calibrate
+from monitor.model.enroll import calibration_scores, spearman, subsample_bank
+from monitor.model.scoring import make_scorer
+from monitor.model.thresholds import calibrate
 from training.data import discover, load_clips
-from training.metrics import machine_scores
+from training.dcase_metrics import machine_scores
 from training.recipes.logmel_knn import logmel_stats
 from training.synth import generate_dataset
 

@@ -1,6 +1,6 @@
 """How many sources the daemon scores in real time, and how fast an event reaches MQTT.
 
-Runs the real daemon (`python -m monitor.cli run`) in a subprocess, optionally pinned to CPUs
+Runs the real daemon (`sonitor run`) in a subprocess, optionally pinned to CPUs
 with `taskset` (default: the first two, "2 cores"), on N real-time looping file sources of
 SYNTHETIC machine sound, with a CED package (random weights: the cost does not depend on them),
 10 s windows and a 1 s hop, and a real Mosquitto broker. For each (precision, N) it measures,
@@ -67,8 +67,8 @@ def build_package(workdir: Path, size: str, separator: Path | None = None) -> Pa
     from export.onnx_export import export_encoder
     from export.package_writer import Int8Files, MachineSpec, write_package
     from export.quantize import quantize_encoder
-    from monitor.runtime import Embedder
-    from monitor.scoring import make_scorer
+    from monitor.model.runtime import Embedder
+    from monitor.model.scoring import make_scorer
     from training.models.ced import CED
 
     torch.set_num_threads(2)
@@ -206,7 +206,7 @@ def trial(
     }  # fmt: skip
     cfg_path = work / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [sys.executable, "-m", "monitor.cli", "run", "--config", str(cfg_path)]
+    cmd = [sys.executable, "-m", "monitor.cli.sonitor", "run", "--config", str(cfg_path)]
     if args.cpus and shutil.which("taskset"):
         cmd = ["taskset", "-c", args.cpus, *cmd]
     clock = EventClock(broker, prefix)

@@ -109,7 +109,7 @@ def bench_model(
 ) -> list[dict]:
     from export.onnx_export import export_encoder
     from export.quantize import quantize_encoder
-    from monitor.runtime import Embedder
+    from monitor.model.runtime import Embedder
 
     model = build(name)
     x = (0.1 * torch.randn(1, SAMPLES)).contiguous()

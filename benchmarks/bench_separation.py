@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monitor.audio_io import load_audio, write_wav
+from monitor.audio.io import load_audio, write_wav
 from training.data import discover, load_clips, supplemental_kind
 from training.evaluate import evaluate, subsample_train
 from training.recipes.base import RecipeOptions

@@ -1,6 +1,6 @@
 """Score timeline around an event: what the dashboard's score and alarm panels show, per window.
 
-Runs the real daemon (`python -m monitor.cli run`) on a replayed recording with an injected
+Runs the real daemon (`python -m monitor.cli.sonitor run`) on a replayed recording with an injected
 fault, reads its `/metrics` every 50 ms (so every window's score is caught at a 0.5 s hop), and
 draws the normalised and smoothed scores, the alert on/off thresholds, the injected fault and
 the interval the alarm was open. The score log is saved as CSV; `--from-csv` redraws from it.
@@ -39,7 +39,7 @@ def make_audio(args: argparse.Namespace) -> tuple[np.ndarray, tuple[float, float
     """The replayed signal and the (start, end) of the injected fault in seconds."""
     from package_fixtures import synthetic_machine_audio
 
-    from monitor.audio_io import load_audio
+    from monitor.audio.io import load_audio
 
     total = args.before + args.fault_seconds + args.after
     if args.recording:
@@ -84,7 +84,7 @@ def record(args: argparse.Namespace, out: Path) -> tuple[list[dict], dict]:
     if args.package:  # a real package: the daemon's own default alert rules
         cfg.pop("alerts")
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    from monitor.config import load_config
+    from monitor.config.schema import load_config
 
     alerts = load_config(cfg_path).alerts
     manifest = json.loads((package / "manifest.json").read_text())

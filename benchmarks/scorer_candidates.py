@@ -2,7 +2,7 @@
 
 Each has the scorer shape (`fit(X, domains)`, `score_samples(Q)`) and nothing else (no LOO, no
 persistence): they exist for the comparison in `benchmarks/results/simclr_scorers.md`. The one
-adopted, `mahalanobis_knn`, lives in `monitor/scoring.py`.
+adopted, `mahalanobis_knn`, lives in `monitor/model/scoring.py`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from monitor.mcd import squared_mahalanobis
-from monitor.scoring import RescaledKNNScorer
+from monitor.model.mcd import squared_mahalanobis
+from monitor.model.scoring import RescaledKNNScorer
 
 
 def _codes(domains: Sequence[str | None]) -> np.ndarray:

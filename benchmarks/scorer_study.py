@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from scorer_candidates import CANDIDATES  # benchmarks/ is on sys.path when run as a script
 
-from monitor.scoring import make_scorer
-from training import metrics
+from monitor.model.scoring import make_scorer
+from training import dcase_metrics as metrics
 from training.data import discover, load_clips
 from training.evaluate import _load_machine
 from training.recipes.base import RecipeOptions
@@ -71,7 +71,7 @@ def breakdown(machine: str, s: np.ndarray, labels: np.ndarray, domains: np.ndarr
 
 def alarms(machine: str, scorer, s: np.ndarray, labels: np.ndarray, domains: np.ndarray) -> None:
     """False alarms per domain and detections at the threshold the package would carry."""
-    from monitor.thresholds import calibrate
+    from monitor.model.thresholds import calibrate
 
     cal = calibrate(scorer.loo_scores(), method="gamma", q=0.9)
     above = s > cal.threshold

@@ -12,7 +12,8 @@ For each training variant the network is trained once (`train_simclr`, `torch` 2
 read out several ways: the 128-d projection head (the seed), and each ResNet stage pooled by
 `StageEmbedder` ("mean": global average; "mean+fmax": time average, then mean and max over
 frequency). Every readout is scored with the daemon's `MahalanobisScorer` (ML covariance) per
-machine type and evaluated with the official DCASE metric (`training.metrics`); `--faults` adds
+machine type and evaluated with the official DCASE metric (`training.dcase_metrics`);
+`--faults` adds
 the AUC per synthetic fault type (normal clips vs clips with that fault). `--recipes` runs the
 full `evaluate()` of `logmel_knn`, `dcase_ae` and the `simclr` default for reference and wall time.
 
@@ -36,8 +37,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from monitor.scoring import make_scorer
-from training import metrics
+from monitor.model.scoring import make_scorer
+from training import dcase_metrics as metrics
 from training.augment import AugmentConfig
 from training.data import discover, load_clips
 from training.evaluate import evaluate

@@ -26,7 +26,7 @@ def _common_seconds(clips: list, sample_rate: int = 16000, hop: int = 160) -> fl
     """The most common training clip length, on the frame grid: the package's window."""
     from collections import Counter
 
-    from monitor.audio_io import audio_info
+    from monitor.audio.io import audio_info
 
     counts = Counter(round(audio_info(c.path).duration_s * sample_rate) for c in clips)
     n = max(counts, key=lambda k: (counts[k], k))

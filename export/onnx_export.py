@@ -34,7 +34,7 @@ from training.features import CEDFrontEnd, LogMel, MelSpectrogram, PowerToDB
 log = logging.getLogger(__name__)
 
 OPSET = 17
-META_FRONTEND = "sonitor.frontend"  # read by monitor.runtime.Embedder
+META_FRONTEND = "sonitor.frontend"  # read by monitor.model.runtime.Embedder
 
 
 class ExportError(SonitorError):
@@ -332,7 +332,7 @@ def check_parity(
 
     ``clips`` ``[N, T]``. Raises `ExportError` past the tolerance; returns the measured numbers.
     """
-    from monitor.runtime import Embedder, embed_recording
+    from monitor.model.runtime import Embedder, embed_recording
 
     tol = tolerance or Tolerance()
     ref = torch_embed(model, clips)

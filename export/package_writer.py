@@ -2,7 +2,8 @@
 
 `build_package` is the whole export: ONNX export, parity against PyTorch (embeddings and
 scores; fails loudly past the tolerance), optional int8 with its measured drift, threshold
-calibration, and an atomic write through `monitor.package.PackageWriter`. `write_package` is the
+calibration, and an atomic write through `monitor.model.package.PackageWriter`.
+`write_package` is the
 last step alone, for encoders that are already exported (the test fixtures reuse one export).
 """
 
@@ -27,14 +28,14 @@ from export.onnx_export import (
     torch_embed,
 )
 from monitor import __version__
-from monitor.enroll import (
+from monitor.model.enroll import (
     DEFAULT_MAX_BANK,
     calibration_scores,
     machine_entry,
     scorer_spec,
     subsample_bank,
 )
-from monitor.package import (
+from monitor.model.package import (
     FORMAT_NAME,
     FORMAT_VERSION,
     Bank,
@@ -54,7 +55,7 @@ class MachineSpec:
     name: str
     embeddings: np.ndarray  # [N, D]
     domains: list[str | None]
-    scorer: Any  # fitted monitor.scoring scorer
+    scorer: Any  # fitted monitor.model.scoring scorer
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -87,14 +88,14 @@ def synthetic_parity_clips(n: int, samples: int, sample_rate: int = 16000, seed:
 
 
 def _machine_bank(spec: MachineSpec, max_bank: int, method: str, q: float):
-    from monitor.thresholds import calibrate
+    from monitor.model.thresholds import calibrate
 
     x = np.asarray(spec.embeddings, dtype=np.float32)
     doms = np.asarray(["" if d is None else d for d in spec.domains], dtype="<U6")
     name, params = scorer_spec(spec.scorer)
     scorer, kept = spec.scorer, np.arange(len(x))
-    if len(x) > max_bank and not name.startswith("mahalanobis"):  # as monitor.enroll does
-        from monitor.enroll import make_scorer
+    if len(x) > max_bank and not name.startswith("mahalanobis"):  # as monitor.model.enroll does
+        from monitor.model.enroll import make_scorer
 
         kept = subsample_bank(x, doms, max_bank, metric=params.get("metric", "euclidean"))
         scorer = make_scorer(name, params).fit(x[kept], [d or None for d in doms[kept]])
@@ -223,8 +224,8 @@ def score_parity(
     tolerance: Tolerance,
 ) -> dict[str, Any]:
     """Scores of the same clips from PyTorch and onnxruntime embeddings, per machine."""
-    from monitor.runtime import Embedder
-    from monitor.thresholds import calibrate
+    from monitor.model.runtime import Embedder
+    from monitor.model.thresholds import calibrate
 
     ref = torch_embed(model, clips)
     ort = Embedder({"encoder": exported.full}).embed(clips)

@@ -125,8 +125,8 @@ def measure_drift(
     threads: int = 1,
 ) -> dict[str, Any]:
     """Compare the int8 graph with the fp32 graph on ``clips`` (and labelled test data)."""
-    from monitor.runtime import Embedder
-    from monitor.thresholds import calibrate
+    from monitor.model.runtime import Embedder
+    from monitor.model.thresholds import calibrate
 
     fp = Embedder({"encoder": fp32_path}, threads=threads)
     q8 = Embedder({"encoder": int8_path}, threads=threads)
@@ -151,7 +151,7 @@ def measure_drift(
             "max_rel_score_diff": float(np.max(np.abs(a - b)) / thr),
         }
         if labels is not None:
-            from training.metrics import machine_scores
+            from training.dcase_metrics import machine_scores
 
             s32 = machine_scores(np.asarray(labels), a, domains)
             s8 = machine_scores(np.asarray(labels), b, domains)
@@ -161,7 +161,7 @@ def measure_drift(
             m["auc_pauc_int8"] = {k: s8[k] for k in ("auc_source", "auc_target", "pauc")}
         report["machines"][spec.name] = m
     if off32:
-        from training.metrics import official_score
+        from training.dcase_metrics import official_score
 
         report["official_score_fp32"] = float(official_score(off32))
         report["official_score_int8"] = float(official_score(off8))

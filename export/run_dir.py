@@ -3,7 +3,7 @@
     run.json                   format, recipe, encoder class + constructor arguments, audio
                                parameters (sample rate, window, hop), training data summary
     encoder.safetensors        the encoder's state dict (no pickle)
-    machines/<name>/bank.npz   `monitor.package.save_bank` format: training embeddings, domains,
+    machines/<name>/bank.npz   `save_bank` format: training embeddings, domains,
                                the fitted scorer's arrays, leave-one-out scores
 
 The encoder is rebuilt from a class path that must lie inside the ``training`` package (a run
@@ -24,7 +24,7 @@ from torch import nn
 from export.onnx_export import ExportError
 from export.package_writer import MachineSpec
 from monitor.errors import CheckpointError
-from monitor.package import load_bank, save_bank, utc_now, validate_machine_name
+from monitor.model.package import load_bank, save_bank, utc_now, validate_machine_name
 
 RUN_FORMAT = "sonitor-run"
 RUN_VERSION = 1
@@ -87,7 +87,7 @@ def save_run(
     (out / "machines").mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "encoder.safetensors"))
-    from monitor.enroll import scorer_spec
+    from monitor.model.enroll import scorer_spec
 
     for spec in machines:
         validate_machine_name(spec.name)
@@ -148,7 +148,7 @@ def load_run(path: str | Path) -> Run:
     """Read a run directory; every problem is a CheckpointError naming the file."""
     from safetensors.torch import load_file
 
-    from monitor.scoring import make_scorer, scorer_from_arrays
+    from monitor.model.scoring import make_scorer, scorer_from_arrays
 
     path = Path(path)
     mpath = path / "run.json"

@@ -3,7 +3,7 @@
 Input ``frames`` ``[B, n_mels, F + 2 * context]`` (unfloored dB, what ``frontend.onnx`` emits),
 output ``frames`` ``[B, n_mels, F]``: the masked dB of the F centre frames. Both axes B and F are
 dynamic, so the daemon separates each hop's new frames with ``context`` frames of history on
-each side (`monitor.runtime.FrameStream`) and never re-separates a whole window.
+each side (`monitor.model.runtime.FrameStream`) and never re-separates a whole window.
 The full graph ``encoder.onnx`` of a model with a separator already contains it (replicate
 padding at the window edges); only the streaming split needs this graph.
 """
@@ -20,7 +20,7 @@ import torch
 from export.onnx_export import ExportError, _export, _set_metadata
 from training.separator.masking import Separator, StreamingSeparator
 
-META_SEPARATOR = "sonitor.separator"  # read by monitor.runtime.Embedder
+META_SEPARATOR = "sonitor.separator"  # read by monitor.model.runtime.Embedder
 
 
 def separator_info(sep: Separator) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def separator_parity(
     sep: Separator, path: str | Path, frames: np.ndarray, tol_db: float = 1e-3
 ) -> dict[str, float]:
     """onnxruntime vs PyTorch on ``frames`` ``[B, n_mels, T]`` (T > 2 * context); in dB."""
-    from monitor.runtime import open_session
+    from monitor.model.runtime import open_session
 
     x = np.ascontiguousarray(frames, dtype=np.float32)
     with torch.no_grad():

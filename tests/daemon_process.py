@@ -129,7 +129,7 @@ def write_config(
 
 
 class DaemonProcess:
-    """`python -m monitor.cli run --config FILE` in a subprocess, logs to a file."""
+    """`python -m monitor.cli.sonitor run --config FILE` in a subprocess, logs to a file."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
@@ -138,7 +138,7 @@ class DaemonProcess:
         self.log_path = config.with_suffix(f".{int(time.time() * 1000)}.log")
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "monitor.cli.sonitor", "run", "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -234,9 +234,9 @@ class DaemonProcess:
 
 
 def run_cli(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> Any:
-    """`python -m monitor.cli ARGS` to completion: CompletedProcess with text output."""
+    """`python -m monitor.cli.sonitor ARGS` to completion: CompletedProcess with text output."""
     return subprocess.run(
-        [sys.executable, "-m", "monitor.cli", *args],
+        [sys.executable, "-m", "monitor.cli.sonitor", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -256,10 +256,10 @@ def daemon_on_a_file(
     """
     import threading
 
-    from monitor.config import load_config
-    from monitor.daemon import Daemon
-    from monitor.metrics import Metrics
-    from monitor.sdnotify import Notifier
+    from monitor.config.schema import load_config
+    from monitor.daemon.daemon import Daemon
+    from monitor.outputs.prometheus import Metrics
+    from monitor.outputs.sdnotify import Notifier
 
     wav = write_wav(tmp_path / "a.wav", machine_audio("fan", seconds, seed=3))
     src = {"name": "a", "type": "file", "machine": "fan", "path": str(wav), "realtime": False}

@@ -124,8 +124,8 @@ def make_tiny_package(
     ``int8=True`` also adds the int8 encoder (slower to build: about 2 s).
     """
     from export.package_writer import Int8Files, MachineSpec, write_package
-    from monitor.runtime import Embedder
-    from monitor.scoring import make_scorer
+    from monitor.model.runtime import Embedder
+    from monitor.model.scoring import make_scorer
 
     enc = exported_tiny_encoder()
     embedder = Embedder({"encoder": enc.full}, threads=1)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from monitor.alerts import AlertEvent, AlertMachine, AlertPolicy, event_id_for
+from monitor.alerting.machine import AlertEvent, AlertMachine, AlertPolicy, event_id_for
 from monitor.errors import ConfigError
 
 T0 = 1_700_000_000.0

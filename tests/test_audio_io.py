@@ -1,4 +1,4 @@
-"""monitor.audio_io: formats, resampling, channel handling, and errors that name the file."""
+"""monitor.audio.io: formats, resampling, channel handling, and errors that name the file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from monitor.audio_io import (
+from monitor.audio.io import (
     AudioInfo,
     audio_info,
     load_audio,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from monitor import frontend as fe
+from monitor.audio import frontend as fe
 from training.augment import (
     KINDS,
     AugmentConfig,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from monitor.capture import (
+from monitor.audio.capture import (
     CaptureManager,
     DeviceSourceSpec,
     FileSourceSpec,

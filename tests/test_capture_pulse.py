@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from virtual_audio import VirtualAudio, pulse_env, requires_pulseaudio, tone
 
-from monitor.capture import CaptureManager, DeviceSourceSpec, LivenessSpec, SourceState
+from monitor.audio.capture import CaptureManager, DeviceSourceSpec, LivenessSpec, SourceState
 
 __all__ = ["pulse_env"]  # the module-scoped fixture, imported for pytest
 
@@ -227,7 +227,7 @@ def test_slow_consumer_overflow_on_a_live_device(pulse_env: VirtualAudio) -> Non
 def test_devices_command_lists_the_pulse_device(pulse_env: VirtualAudio) -> None:
     """`sonitor devices` in a fresh process (PortAudio initialised there) sees the server."""
     script = (
-        "import argparse, sys; from monitor import cli_devices; "
+        "import argparse, sys; from monitor.cli import devices as cli_devices; "
         "p = argparse.ArgumentParser(); cli_devices.register(p.add_subparsers(dest='command')); "
         "a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))"
     )

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from monitor import frontend as fe
+from monitor.audio import frontend as fe
 from monitor.errors import CheckpointError
 from training.models.ced import (
     CED,

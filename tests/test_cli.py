@@ -6,7 +6,7 @@ import argparse
 import subprocess
 import sys
 
-from monitor import cli
+from monitor.cli import sonitor as cli
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
@@ -29,7 +29,7 @@ def test_plugins_add_training_and_export_commands():
 
 def test_runtime_commands_do_not_import_torch_or_training():
     code = (
-        "import sys; from monitor import cli\n"
+        "import sys; from monitor.cli import sonitor as cli\n"
         "try:\n    cli.main(['check-config', '--help'])\nexcept SystemExit:\n    pass\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'export')]\n"
         "assert not bad, bad\n"
@@ -42,7 +42,7 @@ def test_every_subcommand_has_help():
     parser, _ = cli.build_parser()
     for name in _subcommands(parser):
         r = subprocess.run(
-            [sys.executable, "-m", "monitor.cli", name, "--help"],
+            [sys.executable, "-m", "monitor.cli.sonitor", name, "--help"],
             capture_output=True,
             text=True,
             timeout=60,

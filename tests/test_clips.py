@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from monitor.alerts import AlertEvent, AlertMachine, AlertPolicy
-from monitor.clips import ClipJob, ClipPolicy, ClipRecorder, ClipWriter, clip_name
+from monitor.alerting.clips import ClipJob, ClipPolicy, ClipRecorder, ClipWriter, clip_name
+from monitor.alerting.machine import AlertEvent, AlertMachine, AlertPolicy
+from monitor.audio.ringbuffer import RingBuffer
 from monitor.errors import ConfigError
-from monitor.ringbuffer import RingBuffer
 
 SR = 16000
 T0 = 1_700_000_000.0

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from monitor.config import (
+from monitor.config.example import generate
+from monitor.config.schema import (
     Config,
     FileSource,
     format_loc,
@@ -18,7 +19,6 @@ from monitor.config import (
     parse_config,
 )
 from monitor.errors import ConfigError
-from monitor.example_config import generate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,7 +187,7 @@ def test_both_secret_references_refused(tmp_path: Path) -> None:
 
 def read_password(cfg: Config) -> str | None:
     """The secret as the daemon reads it: config -> MqttSettings -> env variable or file."""
-    from monitor.wiring import mqtt_settings
+    from monitor.daemon.wiring import mqtt_settings
 
     return mqtt_settings(cfg).read_password()
 
@@ -274,7 +274,7 @@ def _yaml_paths(data: dict, prefix: str = "") -> set[str]:
 def test_committed_example_is_up_to_date() -> None:
     committed = (REPO / "config.example.yaml").read_text()
     assert committed == generate(), (
-        "config.example.yaml is stale: run `python -m monitor.example_config > config.example.yaml`"
+        "config.example.yaml is stale: run `python -m monitor.config.example > config.example.yaml`"
     )
 
 
@@ -298,7 +298,7 @@ def test_example_loads_and_documents_every_key() -> None:
 
 def test_example_module_runs_as_script() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "monitor.example_config"],
+        [sys.executable, "-m", "monitor.config.example"],
         capture_output=True,
         text=True,
         check=True,

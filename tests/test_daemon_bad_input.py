@@ -25,7 +25,7 @@ from daemon_process import (
 )
 from package_fixtures import copy_package, make_tiny_package
 
-from monitor.cli import main
+from monitor.cli.sonitor import main
 
 pytestmark = pytest.mark.timeout(180)
 PREFIX = "test/sonitor"

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.metrics import METRICS, PREFIX, STAGES, Metrics, MetricsServer
+from monitor.outputs.prometheus import METRICS, PREFIX, STAGES, Metrics, MetricsServer
 
 
 def families(m: Metrics) -> dict[str, list]:

@@ -309,7 +309,7 @@ def test_commands_mute_unmute_test_alert_and_reload(
 def test_test_alert_command(
     tmp_path: Path, package: Path, broker: Broker, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from monitor.cli import main
+    from monitor.cli.sonitor import main
 
     cfg = write_config(tmp_path / "cfg.yaml", package, two_sources(tmp_path), broker=broker)
     live = Subscriber(broker, [f"{PREFIX}/+/events"])

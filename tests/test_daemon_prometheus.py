@@ -11,7 +11,7 @@ from daemon_process import DaemonProcess, machine_audio, write_config, write_wav
 from package_fixtures import make_tiny_package
 from prometheus_server import PrometheusServer, require_prometheus
 
-from monitor.metrics import METRICS, PREFIX
+from monitor.outputs.prometheus import METRICS, PREFIX
 
 pytestmark = pytest.mark.timeout(180)
 

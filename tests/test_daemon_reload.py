@@ -10,7 +10,7 @@ import yaml
 from daemon_process import DaemonProcess, machine_audio, write_config, write_wav
 from package_fixtures import make_tiny_package
 
-from monitor.package import ModelPackage
+from monitor.model.package import ModelPackage
 
 pytestmark = pytest.mark.timeout(180)
 WINDOW, HOP, LOOKAHEAD = 32000, 8000, 256  # 2 s / 0.5 s at 16 kHz (the test package)

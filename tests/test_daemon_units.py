@@ -10,10 +10,9 @@ import pytest
 from daemon_process import daemon_on_a_file, machine_audio, write_config, write_wav
 from package_fixtures import exported_tiny_encoder, make_tiny_package
 
-from monitor.capture import DeviceSourceSpec, FileSourceSpec
-from monitor.config import load_config, parse_config
-from monitor.errors import ConfigError
-from monitor.wiring import (
+from monitor.audio.capture import DeviceSourceSpec, FileSourceSpec
+from monitor.config.schema import load_config, parse_config
+from monitor.daemon.wiring import (
     Pipeline,
     ScoreSmoother,
     alert_policy,
@@ -23,6 +22,7 @@ from monitor.wiring import (
     mqtt_settings,
     source_spec,
 )
+from monitor.errors import ConfigError
 
 FULL = """\
 node: {name: plant-7}
@@ -143,8 +143,8 @@ def identity_separator(path: Path) -> Path:
 
 def test_separator_package_runs_per_window_through_the_separator(tmp_path: Path) -> None:
     from export.package_writer import MachineSpec, write_package
-    from monitor.runtime import Embedder
-    from monitor.scoring import make_scorer
+    from monitor.model.runtime import Embedder
+    from monitor.model.scoring import make_scorer
 
     enc = exported_tiny_encoder()
     waves = np.stack([machine_audio("fan", 2, seed=i) for i in range(16)])

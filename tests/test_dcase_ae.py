@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from monitor import frontend as fe
+from monitor.audio import frontend as fe
 from monitor.errors import DataError
 from training.dcase_ae import ae_clip_scores, clip_vectors, train_autoencoder
 from training.models.autoencoder import DcaseAutoencoder

@@ -21,9 +21,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from monitor.alerts import AlertEvent
-from monitor.audio_io import load_audio
-from monitor.config import load_config
+from monitor.alerting.machine import AlertEvent
+from monitor.audio.io import load_audio
+from monitor.config.schema import load_config
 from training import demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """`sonitor demo --quick` run once as a user runs it: exit code, output, output folder."""
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     proc = subprocess.run(
-        [sys.executable, "-m", "monitor.cli", "demo", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "monitor.cli.sonitor", "demo", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=280,

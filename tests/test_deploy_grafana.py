@@ -32,7 +32,7 @@ from daemon_process import (
 )
 from prometheus_server import PrometheusServer, require_prometheus
 
-from monitor.metrics import METRICS, PREFIX, Metrics
+from monitor.outputs.prometheus import METRICS, PREFIX, Metrics
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -290,7 +290,7 @@ def test_sonitor_test_alert_gets_through_with_a_daemon_config(
     broker: ExampleBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The daemon's own MQTT keys (TLS CA, user name, password file) fit this broker."""
-    from monitor.cli import main
+    from monitor.cli.sonitor import main
 
     secret = tmp_path / "mqtt-password"
     secret.write_text(USERS["ipc1"] + "\n")

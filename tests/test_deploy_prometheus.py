@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitor.config import MetricsConfig
-from monitor.metrics import METRICS, PREFIX
+from monitor.config.schema import MetricsConfig
+from monitor.outputs.prometheus import METRICS, PREFIX
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 CONFIG = DEPLOY / "prometheus.yml"
@@ -84,7 +84,9 @@ def test_rules_use_only_metrics_the_daemon_exports() -> None:
     exported = {spec.exposed for spec in METRICS}
     for rule in rules():
         for name in re.findall(r"\b(sonitor_[a-z_]+)", rule["expr"]):
-            assert name in exported, f"{rule['alert']}: {name} is not in monitor/metrics.py"
+            assert name in exported, (
+                f"{rule['alert']}: {name} is not in monitor/outputs/prometheus.py"
+            )
     used = {n for r in rules() for n in re.findall(r"\b(sonitor_[a-z_]+)", r["expr"])}
     assert used, "the rules reference no sonitor metric"
     assert all(n.startswith(PREFIX) for n in used)

@@ -176,7 +176,7 @@ def test_unit_has_the_hardening_the_issue_asks_for() -> None:
 
 
 def test_exec_lines_match_the_cli_and_the_installer() -> None:
-    from monitor.cli import build_parser
+    from monitor.cli.sonitor import build_parser
 
     argv = unit_value("ExecStart").split()
     assert argv[0] == "/opt/sonitor/bin/sonitor"
@@ -189,8 +189,8 @@ def test_exec_lines_match_the_cli_and_the_installer() -> None:
 
 
 def test_timeouts_fit_the_daemon() -> None:
-    from monitor import daemon
-    from monitor.config import HealthConfig
+    from monitor.config.schema import HealthConfig
+    from monitor.daemon import daemon
 
     # SIGTERM: capture stop (1 s per device group), flush (FLUSH_TIMEOUT_S + 2 s join), MQTT
     # stop, clip writer (2 s): the stop timeout leaves room for a few device groups
@@ -363,7 +363,7 @@ def test_daemon_stays_inside_the_unit_sandbox(tmp_path: Path) -> None:
         log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [STRACE, "-f", "-qq", "-s", "64", "-o", str(trace),
-             sys.executable, "-m", "monitor.cli", "run", "--config", str(cfg)],
+             sys.executable, "-m", "monitor.cli.sonitor", "run", "--config", str(cfg)],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             env={**os.environ, **va.env, **unit_env, "HOME": str(tmp_path / "home")},
         )  # fmt: skip
@@ -562,7 +562,8 @@ def test_unit_runs_the_daemon_under_real_systemd(tmp_path: Path) -> None:
     (tmp_path / "sonitor").write_text(
         f"#!/opt/py/bin/python{ver}\nimport site, sys\n"
         + (f"site.addsitedir({site_dir!r})\n" if venv else "")
-        + f"sys.path.insert(0, {str(REPO)!r})\nfrom monitor.cli import main\nsys.exit(main())\n"
+        + f"sys.path.insert(0, {str(REPO)!r})\n"
+        + "from monitor.cli.sonitor import main\nsys.exit(main())\n"
     )
     port = free_port()
     cfg = {

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor import cli_devices
-from monitor import devices as devs
+from monitor.audio import devices as devs
+from monitor.cli import devices as cli_devices
 
 CARDS = """\
  0 [PCH            ]: HDA-Intel - HDA Intel PCH

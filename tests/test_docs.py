@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from monitor.metrics import metrics_markdown
+from monitor.outputs.prometheus import metrics_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_metrics_reference_is_current():
     assert (ROOT / "docs" / "metrics.md").read_text() == metrics_markdown(), (
-        "docs/metrics.md is stale: run `python -m monitor.metrics > docs/metrics.md`"
+        "docs/metrics.md is stale: run `python -m monitor.outputs.prometheus > docs/metrics.md`"
     )
 
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from package_fixtures import copy_package, make_tiny_package, synthetic_machine_audio
 
-from monitor import enroll as en
-from monitor.audio_io import write_wav
-from monitor.cli_package import register
+from monitor.audio.io import write_wav
+from monitor.cli.package import register
 from monitor.errors import AudioError, PackageError, SonitorError
-from monitor.package import ModelPackage, pack_archive
-from monitor.runtime import Embedder, FrameStream
+from monitor.model import enroll as en
+from monitor.model.package import ModelPackage, pack_archive
+from monitor.model.runtime import Embedder, FrameStream
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_enroll_extends_an_existing_machine_and_recalibrates(pkg_dir, tmp_path):
     assert (fan.bank.domains == "target").sum() == 6
     assert fan.threshold == pytest.approx(res.threshold) and fan.threshold != pytest.approx(thr0)
     # the calibration is the gamma fit of the leave-one-out scores of the new bank
-    from monitor.thresholds import calibrate
+    from monitor.model.thresholds import calibrate
 
     assert calibrate(fan.scorer.loo_scores()).threshold == pytest.approx(fan.threshold)
     np.testing.assert_allclose(fan.bank.calibration_scores, fan.scorer.loo_scores())
@@ -151,7 +151,7 @@ def test_subsample_keeps_a_small_target_domain():
 
 
 def test_calibration_scores_are_leave_one_out_for_kept_points():
-    from monitor.scoring import make_scorer
+    from monitor.model.scoring import make_scorer
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(50, 4))
@@ -205,7 +205,7 @@ def test_kill_during_enrolment_leaves_the_old_package(pkg_dir, tmp_path):
         textwrap.dedent("""
         import sys, time
         import numpy as np
-        from monitor.enroll import enroll_embeddings
+        from monitor.model.enroll import enroll_embeddings
 
         def pause(stage):
             print("STAGED", flush=True)
@@ -232,7 +232,7 @@ def test_random_kills_never_break_the_package(pkg_dir, tmp_path):
     """Kill enrolments at random moments: the package is always the old or the new version."""
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(5, 192)).astype(np.float32))
     code = (
-        "import sys, numpy as np; from monitor.enroll import enroll_embeddings; "
+        "import sys, numpy as np; from monitor.model.enroll import enroll_embeddings; "
         "enroll_embeddings(sys.argv[1], 'fan', np.load(sys.argv[2]))"
     )
     rng = np.random.default_rng(0)
@@ -279,7 +279,7 @@ def test_enroll_and_score_work_without_torch(pkg_dir, tmp_path):
         else:
             raise SystemExit("torch was importable: the blocker does not work")
         import argparse
-        from monitor.cli_package import register
+        from monitor.cli.package import register
         parser = argparse.ArgumentParser()
         register(parser.add_subparsers(dest="command"))
         for argv in (
@@ -308,7 +308,7 @@ def test_enroll_and_score_work_without_torch(pkg_dir, tmp_path):
 
 def test_enroll_from_a_configured_source(pkg_dir, tmp_path, capsys):
     """--source records N seconds from a source of the daemon config (here a file source)."""
-    pytest.importorskip("monitor.capture")
+    pytest.importorskip("monitor.audio.capture")
     rec = write_wav(tmp_path / "rec.wav", synthetic_machine_audio("valve", 1, 24.0, seed=4)[0])
     cfg = tmp_path / "sonitor.yaml"
     cfg.write_text(
@@ -421,12 +421,12 @@ def test_manifest_history_is_json_serialisable(pkg_dir):
 
 
 def test_errors_reach_the_user_through_the_sonitor_command(tmp_path, monkeypatch, capsys):
-    """Wired into `sonitor` (monitor.cli), a bad package path is exit code 2 and one clear line."""
-    import monitor.cli as cli
+    """Wired into `sonitor`, a bad package path is exit code 2 and one clear line."""
+    import monitor.cli.sonitor as cli
 
-    if "monitor.cli_package" not in cli._RUNTIME_COMMAND_MODULES:
+    if "monitor.cli.package" not in cli._RUNTIME_COMMAND_MODULES:
         monkeypatch.setattr(
-            cli, "_RUNTIME_COMMAND_MODULES", (*cli._RUNTIME_COMMAND_MODULES, "monitor.cli_package")
+            cli, "_RUNTIME_COMMAND_MODULES", (*cli._RUNTIME_COMMAND_MODULES, "monitor.cli.package")
         )
     wav = write_wav(tmp_path / "x.wav", np.zeros(32000, np.float32))
     rc = cli.main(["score", "--package", str(tmp_path / "nope"), "--machine", "fan", str(wav)])
@@ -447,7 +447,7 @@ def test_mahalanobis_banks_are_never_subsampled(tmp_path):
 def test_concurrent_enrolments_do_not_lose_updates(pkg_dir):
     """Two processes enrol into the same machine at once: both additions survive (the lock)."""
     code = (
-        "import sys, numpy as np; from monitor.enroll import enroll_embeddings; "
+        "import sys, numpy as np; from monitor.model.enroll import enroll_embeddings; "
         "x = np.random.default_rng(int(sys.argv[2])).normal(size=(5, 192)).astype(np.float32); "
         "enroll_embeddings(sys.argv[1], 'fan', x)"
     )

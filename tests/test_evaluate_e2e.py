@@ -33,7 +33,10 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "monitor.cli", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "monitor.cli.sonitor", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -15,9 +15,9 @@ from export.onnx_export import (
     find_frontend,
     torch_embed,
 )
-from monitor import frontend as fe
+from monitor.audio import frontend as fe
 from monitor.errors import PackageError
-from monitor.runtime import Embedder, FrameStream, embed_recording
+from monitor.model.runtime import Embedder, FrameStream, embed_recording
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_int8_quantizes_weight_matmuls_but_not_the_front_end(int8_full):
 def test_int8_drift_is_measured_and_small(enc, int8_full):
     from export.package_writer import MachineSpec
     from export.quantize import check_drift, measure_drift
-    from monitor.scoring import make_scorer
+    from monitor.model.scoring import make_scorer
 
     fp = Embedder({"encoder": enc.full})
     bank = fp.embed(_clips(32, 2.0, seed=1))

@@ -16,15 +16,15 @@ from package_fixtures import synthetic_machine_audio
 
 from export.onnx_export import ExportError, Tolerance, torch_embed
 from export.package_writer import MachineSpec, build_package
-from monitor import enroll as en
-from monitor.audio_io import write_wav
-from monitor.package import ModelPackage
-from monitor.scoring import make_scorer
+from monitor.audio.io import write_wav
+from monitor.model import enroll as en
+from monitor.model.package import ModelPackage
+from monitor.model.scoring import make_scorer
 
 
 def _cli(argv: list[str]) -> int:
     from export.cli import register as reg_export
-    from monitor.cli_package import register as reg_runtime
+    from monitor.cli.package import register as reg_runtime
 
     parser = argparse.ArgumentParser(prog="sonitor")
     sub = parser.add_subparsers(dest="command")
@@ -275,7 +275,7 @@ def test_package_with_a_separator(tmp_path, lowpass_onnx):
     from package_fixtures import exported_tiny_encoder
 
     from export.package_writer import write_package
-    from monitor.runtime import Embedder, embed_recording
+    from monitor.model.runtime import Embedder, embed_recording
 
     sep = lowpass_onnx
     enc = exported_tiny_encoder()

@@ -1,4 +1,4 @@
-"""Front-ends: numpy reference (monitor.frontend) against librosa / torch, torch against numpy."""
+"""Front-ends: numpy reference (audio.frontend) against librosa / torch, torch against numpy."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from monitor import frontend as fe
+from monitor.audio import frontend as fe
 from training.features import CEDFrontEnd, LogMel, PowerSpectrogram
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -133,7 +133,7 @@ def test_numpy_per_clip_floor():
 
 
 def test_monitor_frontend_does_not_import_torch():
-    code = "import sys, monitor.frontend; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, monitor.audio.frontend; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -19,10 +19,10 @@ import pytest
 from broker import Broker, Subscriber, broker_session
 
 from monitor import __version__
-from monitor.alerts import AlertStatus
-from monitor.homeassistant import HomeAssistantDiscovery, discovery_configs
-from monitor.mqtt import COMMAND_VERBS, MqttClient, MqttSettings, Topics
-from monitor.payloads import health_payload, state_payload
+from monitor.alerting.machine import AlertStatus
+from monitor.outputs.homeassistant import HomeAssistantDiscovery, discovery_configs
+from monitor.outputs.mqtt import COMMAND_VERBS, MqttClient, MqttSettings, Topics
+from monitor.outputs.payloads import health_payload, state_payload
 
 jinja2 = pytest.importorskip("jinja2", reason="value_template checks render with Jinja2")
 

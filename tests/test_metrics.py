@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from training.metrics import (
+from training.dcase_metrics import (
     machine_scores,
     official_score,
     summary_table,

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from broker import Broker, Subscriber, broker_session, free_port, require_mosquitto
 
-from monitor.alerts import AlertMachine, AlertPolicy
-from monitor.mqtt import Command, MqttClient, MqttError, MqttSettings, publish_test_alert
-from monitor.payloads import health_payload, state_payload
+from monitor.alerting.machine import AlertMachine, AlertPolicy
+from monitor.outputs.mqtt import Command, MqttClient, MqttError, MqttSettings, publish_test_alert
+from monitor.outputs.payloads import health_payload, state_payload
 
 pytestmark = pytest.mark.timeout(90)
 REPO = Path(__file__).resolve().parents[1]
@@ -74,9 +74,9 @@ def event_msgs(got: list[Any]) -> list[dict[str, Any]]:
 CHILD = r"""
 import sys, time
 from pathlib import Path
-from monitor.alerts import AlertMachine, AlertPolicy
-from monitor.mqtt import MqttClient, MqttSettings
-from monitor.payloads import state_payload
+from monitor.alerting.machine import AlertMachine, AlertPolicy
+from monitor.outputs.mqtt import MqttClient, MqttSettings
+from monitor.outputs.payloads import state_payload
 host, port, outbox, mode, n = sys.argv[1:6]
 port, n = int(port), int(n)
 st = MqttSettings(host=host, port=port, topic_prefix="plant/sonitor", client_id="daemon",

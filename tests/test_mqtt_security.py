@@ -14,8 +14,8 @@ import pytest
 from broker import Broker, Subscriber, TlsFiles, broker_session, make_tls_files
 
 from monitor.errors import ConfigError
-from monitor.mqtt import MqttClient, MqttSettings
-from monitor.payloads import health_payload
+from monitor.outputs.mqtt import MqttClient, MqttSettings
+from monitor.outputs.payloads import health_payload
 
 pytestmark = pytest.mark.timeout(60)
 PASSWORD = "Corr3ct-Horse-Battery-9f1c"
@@ -100,7 +100,9 @@ def test_wrong_password_is_reported_and_never_logged(
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert any(f"{broker.host}:{broker.port}" in r.getMessage() for r in errors)
         assert any("password" in r.getMessage() for r in errors)  # the hint
-        assert any(r.name == "monitor.mqtt.paho" for r in caplog.records)  # paho was logging
+        assert any(
+            r.name == "monitor.outputs.mqtt.paho" for r in caplog.records
+        )  # paho was logging
         everything = caplog.text + repr(st) + json.dumps(client.stats()) + broker.log_text()
         assert WRONG not in everything and PASSWORD not in everything
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from monitor.errors import ConfigError
-from monitor.mqtt import MqttSettings, Topics, mute_until
+from monitor.outputs.mqtt import MqttSettings, Topics, mute_until
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.outbox import Outbox
+from monitor.outputs.outbox import Outbox
 
 
 def test_put_pending_ack_in_order(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_reopen_keeps_pending_and_counts(tmp_path: Path) -> None:
 
 CHILD = """
 import os, signal, sys
-from monitor.outbox import Outbox
+from monitor.outputs.outbox import Outbox
 box = Outbox(sys.argv[1])
 for i in range(50):
     box.put("s/events", b'{"i": %d}' % i, 1, False, 1000.0 + i)
@@ -87,7 +87,7 @@ def test_bounded_by_rows_drops_oldest_with_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     box = Outbox(tmp_path / "o.sqlite", max_rows=5)
-    with caplog.at_level(logging.WARNING, logger="monitor.outbox"):
+    with caplog.at_level(logging.WARNING, logger="monitor.outputs.outbox"):
         ids = [box.put("t", b"x%d" % i) for i in range(8)]
     assert [m.id for m in box.pending()] == ids[3:]
     assert box.stats()["dropped_total"] == 3 and len(box) == 5
@@ -109,7 +109,7 @@ def test_bounded_by_bytes(tmp_path: Path) -> None:
 def test_corrupt_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "o.sqlite"
     path.write_bytes(b"this is not a sqlite database at all" * 100)
-    with caplog.at_level(logging.ERROR, logger="monitor.outbox"):
+    with caplog.at_level(logging.ERROR, logger="monitor.outputs.outbox"):
         box = Outbox(path)
     aside = list(tmp_path.glob("o.sqlite.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")

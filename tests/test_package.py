@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from package_fixtures import copy_package, make_tiny_package
 
-from monitor import package as pk
 from monitor.errors import PackageError
-from monitor.package import ModelPackage, PackageWriter
+from monitor.model import package as pk
+from monitor.model.package import ModelPackage, PackageWriter
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_wrong_embedding_size_in_manifest(pkg_dir):
 
 def test_wrong_embedding_size_of_the_encoder(pkg_dir, tmp_path):
     """Banks and manifest agree on 100-d, but the ONNX encoder gives 192-d embeddings."""
-    from monitor.scoring import make_scorer
+    from monitor.model.scoring import make_scorer
 
     x = np.random.default_rng(0).standard_normal((20, 100)).astype(np.float32)
     scorer = make_scorer("knn").fit(x)
@@ -377,8 +377,8 @@ def test_machine_names_are_checked(name):
 
 def test_no_torch_in_runtime_modules():
     src = "\n".join(
-        (Path(pk.__file__).parent / f).read_text()
-        for f in ("package.py", "runtime.py", "enroll.py", "cli_package.py")
+        (Path(pk.__file__).parents[1] / f).read_text()
+        for f in ("model/package.py", "model/runtime.py", "model/enroll.py", "cli/package.py")
     )
     assert not re.search(r"^\s*(import|from)\s+(torch|training|export)\b", src, re.M)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from package_fixtures import make_tiny_package, synthetic_machine_audio
 
-from monitor.package import ModelPackage
-from monitor.runtime import Embedder, embed_recording
+from monitor.model.package import ModelPackage
+from monitor.model.runtime import Embedder, embed_recording
 
 
 def test_tiny_package_is_real_and_separates_anomalies(tmp_path):

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from monitor import payloads
-from monitor.alerts import AlertEvent, AlertMachine, AlertPolicy, AlertStatus
-from monitor.mqtt import COMMAND_VERBS, Topics
+from monitor.alerting.machine import AlertEvent, AlertMachine, AlertPolicy, AlertStatus
+from monitor.outputs import payloads
+from monitor.outputs.mqtt import COMMAND_VERBS, Topics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = json.loads((ROOT / "tests" / "fixtures" / "mqtt_payloads_v1.json").read_text())

@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from monitor.ringbuffer import RingBuffer
+from monitor.audio.ringbuffer import RingBuffer
 
 
 def ramp(start: int, n: int) -> np.ndarray:

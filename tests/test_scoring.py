@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from monitor.errors import PackageError
-from monitor.scoring import (
+from monitor.model.scoring import (
     SCORER_NAMES,
     DomainwiseMahalanobisScorer,
     KNNScorer,
@@ -207,7 +207,7 @@ def test_duplicates_do_not_divide_by_zero():
 
 
 def test_chunking_gives_the_same_scores(monkeypatch, data):
-    import monitor.scoring as scoring
+    import monitor.model.scoring as scoring
 
     X, Q = data
     dom = domains_for(30, 8)
@@ -349,7 +349,7 @@ def test_robust_reweighting_equals_sklearn_from_the_same_raw_support(n, p, seed)
     MinCovDet's final location, covariance and support to rounding."""
     from sklearn.covariance import MinCovDet
 
-    from monitor.mcd import mcd_reweight
+    from monitor.model.mcd import mcd_reweight
 
     X, _ = contaminated(n, p, seed)
     sk = MinCovDet(random_state=seed).fit(X)
@@ -562,7 +562,7 @@ def test_coreset_keeps_rare_modes_and_handles_edges():
 
 
 def test_module_imports_only_numpy_and_scipy():
-    src = Path(__file__).resolve().parents[1] / "monitor" / "scoring.py"
+    src = Path(__file__).resolve().parents[1] / "monitor" / "model" / "scoring.py"
     tree = ast.parse(src.read_text())
     roots = set()
     for node in ast.walk(tree):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.scoring import MahalanobisKNNScorer, MahalanobisScorer, RescaledKNNScorer
+from monitor.model.scoring import MahalanobisKNNScorer, MahalanobisScorer, RescaledKNNScorer
 
 
 def two_domains(seed: int, n_source: int = 120, n_target: int = 10, p: int = 6):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.sdnotify import Notifier, Watchdog
+from monitor.outputs.sdnotify import Notifier, Watchdog
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.audio_io import load_audio, write_wav
+from monitor.audio.io import load_audio, write_wav
 from monitor.errors import CheckpointError, SonitorError
 from training.cli_separator import register
 from training.recipes.base import RecipeOptions
@@ -57,7 +57,7 @@ def separator_ckpt(tiny_dataset: Path, tmp_path_factory) -> Path:
 
 def _evaluate(data: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "monitor.cli", "evaluate", str(data), "--out", str(out),
+        [sys.executable, "-m", "monitor.cli.sonitor", "evaluate", str(data), "--out", str(out),
          "--quiet", "--ced-size", "tiny", "--no-plots", *args],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

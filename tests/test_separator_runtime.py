@@ -14,9 +14,9 @@ from export.onnx_export import torch_embed
 from export.package_writer import MachineSpec, build_package
 from export.separator_export import export_separator, separator_parity
 from monitor.errors import PackageError
-from monitor.package import ModelPackage
-from monitor.runtime import Embedder, FrameStream, embed_recording
-from monitor.scoring import make_scorer
+from monitor.model.package import ModelPackage
+from monitor.model.runtime import Embedder, FrameStream, embed_recording
+from monitor.model.scoring import make_scorer
 from training.separator.masking import insert_separator
 from training.separator.mixtures import MixtureConfig
 from training.separator.train import TrainConfig, train_separator

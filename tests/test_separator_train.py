@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.audio_io import write_wav
+from monitor.audio.io import write_wav
 from monitor.errors import DataError
 from training.separator.mixtures import (
     MixtureConfig,

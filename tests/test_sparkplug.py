@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 from broker import Broker, Subscriber, broker_session
 
-from monitor.mqtt import MqttSettings
-from monitor.sparkplug import (
+from monitor.outputs.mqtt import MqttSettings
+from monitor.outputs.sparkplug import (
     DEVICE_METRICS,
     REBIRTH,
     SparkplugNode,
     SparkplugSettings,
     next_seq,
 )
-from monitor.sparkplug_pb import DataType, Metric, decode_payload, encode_payload, varint
+from monitor.outputs.sparkplug_pb import DataType, Metric, decode_payload, encode_payload, varint
 
 pytestmark = pytest.mark.timeout(60)
 PROTO = Path(__file__).resolve().parent / "sparkplug_b.proto"
@@ -493,7 +493,7 @@ def test_removed_source_gets_ddeath_and_a_rebirth(
 
 
 def test_unreadable_bdseq_file_restarts_at_zero(tmp_path: Path) -> None:
-    from monitor.sparkplug import BdSeqStore
+    from monitor.outputs.sparkplug import BdSeqStore
 
     path = tmp_path / "spb.json"
     path.write_text("{not json")
@@ -510,10 +510,10 @@ def test_side_sessions_use_the_mqtt_tls_and_password(
     tmp_path: Path, payload_cls: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Sparkplug node and HA discovery connect with the mqtt section's TLS client certificate
-    and password (shared `monitor.mqtt.paho_client`), against a broker that requires both."""
+    and password (shared `outputs.mqtt.paho_client`), against a broker that requires both."""
     from broker import make_tls_files
 
-    from monitor.homeassistant import HomeAssistantDiscovery
+    from monitor.outputs.homeassistant import HomeAssistantDiscovery
 
     tls = make_tls_files(tmp_path / "tls")
     monkeypatch.setenv("SONITOR_TEST_SPB_PASSWORD", "s3cret-spb")

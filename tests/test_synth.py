@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 from sklearn.metrics import roc_auc_score
 
-from monitor.audio_io import load_audio
+from monitor.audio.frontend import log_mel
+from monitor.audio.io import load_audio
 from monitor.errors import DataError
-from monitor.frontend import log_mel
 from training.data import discover, parse_clip_name, read_attributes_csv, supplemental_kind
 from training.synth import (
     ANOMALY_TYPES,

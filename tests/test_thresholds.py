@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from monitor.errors import PackageError
-from monitor.scoring import KNNScorer
-from monitor.thresholds import (
+from monitor.model.scoring import KNNScorer
+from monitor.model.thresholds import (
     Calibration,
     calibrate,
     fit_gamma,
@@ -148,7 +148,7 @@ def test_gamma_calibration_on_real_leave_one_out_scores():
         pytest.skip(f"real recordings not found at {DATA} (shared data folder absent)")
     train = sorted((DATA / "train").glob("normal_*.wav"))
     X = np.stack([_log_spectrum_embedding(p) for p in train])
-    from monitor.scoring import make_scorer
+    from monitor.model.scoring import make_scorer
 
     for name in ("knn", "rescaled_knn"):  # (Mahalanobis in 64-D needs far more than 75 clips)
         loo = make_scorer(name, metric="euclidean").fit(X).loo_scores()
@@ -164,7 +164,7 @@ def test_collapsed_gamma_fit_falls_back_to_the_empirical_quantile(caplog):
     scores = np.random.default_rng(5).lognormal(5.0, 2.0, size=80)
     raw = gamma_threshold(scores, 0.9)
     assert np.mean(scores > raw) > 0.5  # the baseline's rule is really off here
-    with caplog.at_level("WARNING", logger="monitor.thresholds"):
+    with caplog.at_level("WARNING", logger="monitor.model.thresholds"):
         cal = calibrate(scores, method="gamma", q=0.9)
     assert cal.method == "percentile" and cal.params == {}
     assert cal.threshold == pytest.approx(np.quantile(scores, 0.9))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.frontend import log_mel
-from monitor.runtime import FrameStream
-from monitor.windowing import (
+from monitor.audio.frontend import log_mel
+from monitor.audio.windowing import (
     SILENCE_DBFS,
     SourceWindower,
     Window,
@@ -16,6 +15,7 @@ from monitor.windowing import (
     level_dbfs,
     stack,
 )
+from monitor.model.runtime import FrameStream
 
 SR = 16000
 N_FFT, HOP_FRAMES, N_MELS = 512, 160, 16

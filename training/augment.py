@@ -108,7 +108,7 @@ class MelPitchShift:
     """
 
     def __init__(self, fb: np.ndarray, sample_rate: int, n_fft: int) -> None:
-        fb = np.asarray(fb, dtype=np.float64)  # [F, M] as in monitor.frontend.mel_filterbank
+        fb = np.asarray(fb, dtype=np.float64)  # [F, M] as in monitor.audio.frontend.mel_filterbank
         if fb.ndim != 2 or fb.shape[0] != n_fft // 2 + 1:
             raise ValueError(f"MelPitchShift: fb must be [n_fft // 2 + 1, M], got {fb.shape}")
         freqs = np.linspace(0.0, sample_rate / 2.0, fb.shape[0])

@@ -270,7 +270,7 @@ def load_noise_dir(
 ) -> list[np.ndarray]:
     """Every .wav/.flac under `folder` (recursively, sorted), mono 16 kHz, at most `max_seconds`
     each and `max_files` files (spread evenly over the sorted list), for background mixing."""
-    from monitor.audio_io import load_audio
+    from monitor.audio.io import load_audio
 
     root = Path(folder)
     if not root.is_dir():

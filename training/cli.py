@@ -101,7 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     print(f"recipe: {ev.recipe} ({ev.why})")
     if ev.rows:
-        from training.metrics import to_markdown
+        from training.dcase_metrics import to_markdown
 
         print(to_markdown(ev.rows))
         print(f"official score (harmonic mean): {ev.official_score:.4f}")

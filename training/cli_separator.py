@@ -73,7 +73,7 @@ def cmd_train_separator(args: argparse.Namespace) -> int:
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
-    from monitor.audio_io import load_audio, write_wav
+    from monitor.audio.io import load_audio, write_wav
     from training.separator.masking import load_separator, separate_waveform
 
     sep = load_separator(args.separator)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.audio_io import audio_info, load_audio, stream_audio
+from monitor.audio.io import audio_info, load_audio, stream_audio
 from monitor.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ ones a plant engineer runs by hand, through the same code:
 2. the default recipe (`simclr`) trained on them with a small step budget, and its offline
    DCASE score on the synthetic test split (secondary: the demo is about the live path);
 3. the ONNX model package (`export.package_writer`, as `sonitor export --data` does);
-4. one continuous take of the monitored unit: its first part is enrolled (`monitor.enroll`, as
+4. one continuous take of the monitored unit: its first part is enrolled (`monitor.model.enroll`, as
    `sonitor enroll`), the rest becomes the replay, with a synthetic fault of the same machine
    added to it for a while (the take's own faulty twin, so the splice is seamless);
 5. the daemon (`monitor.daemon.Daemon`, as `sonitor run`) on a `type: file` source replayed as
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from monitor.audio_io import write_wav
+from monitor.audio.io import write_wav
 from monitor.errors import SonitorError
 
 SR = 16000
@@ -154,12 +154,12 @@ class Trained:
     machine: str
     domains: list[str | None]  # of the training clips, in bank order
     parity_clips: np.ndarray  # a few real training clips for the export's parity check
-    offline: dict[str, Any]  # training.metrics.machine_scores + "official"
+    offline: dict[str, Any]  # training.dcase_metrics.machine_scores + "official"
 
 
 def train_model(data: Path, machine: str, sizes: DemoSizes, seed: int, progress: bool) -> Trained:
     """Train the default recipe (simclr) with the demo's step budget; score the test split."""
-    from training import metrics
+    from training import dcase_metrics as metrics
     from training.data import discover, load_clips
     from training.recipes.base import MachineArrays, RecipeOptions
     from training.recipes.registry import make_recipe
@@ -284,7 +284,7 @@ def make_recordings(
 def enroll_unit(package: Path, machine: str, recording: Path) -> Any:
     """`sonitor enroll --package P --machine M --audio FILE`: the unit's normal sound joins the
     bank and the threshold is recalibrated on all of it."""
-    from monitor.enroll import enroll
+    from monitor.model.enroll import enroll
 
     return enroll(package, machine, [recording], domain="source")
 
@@ -368,7 +368,7 @@ class WindowScore:
 
 @dataclass
 class EventRecord:
-    event: Any  # monitor.alerts.AlertEvent
+    event: Any  # monitor.alerting.machine.AlertEvent
     payload: dict[str, Any]  # exactly what goes to <prefix>/<source>/events
     offset: float  # alert clock - recording time (seconds)
 
@@ -390,7 +390,7 @@ class ReplayRun:
 def _daemon_class() -> type:
     """A `Daemon` that reports every scored window and alert event to the demo (same code path;
     the two hooks only observe)."""
-    from monitor.daemon import Daemon
+    from monitor.daemon.daemon import Daemon
 
     class DemoDaemon(Daemon):
         on_window: Callable[[Any, Any, str | None], None]
@@ -412,7 +412,7 @@ def _daemon_class() -> type:
             super()._handle_events(rt, events, anchor_sample)
             if not events:
                 return
-            from monitor.payloads import event_payload
+            from monitor.outputs.payloads import event_payload
 
             pipeline = self.pipelines[self.generation]
             for ev in events:
@@ -450,8 +450,8 @@ def run_replay(
     timeout: float = 600.0,
 ) -> ReplayRun:
     """Run the daemon on the config's file source until the file has been scored; observe it."""
-    from monitor.capture import SourceState
-    from monitor.config import load_config
+    from monitor.audio.capture import SourceState
+    from monitor.config.schema import load_config
 
     cfg = load_config(config_path)
     name = cfg.sources[0].name

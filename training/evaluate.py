@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import DataError
-from monitor.thresholds import calibrate
-from training import metrics
+from monitor.model.thresholds import calibrate
+from training import dcase_metrics as metrics
 from training.data import (
     ClipInfo,
     MachineData,

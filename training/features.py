@@ -2,7 +2,7 @@
 
 The STFT is a ``conv1d`` with a fixed windowed cos/sin kernel: it exports with both ONNX
 exporters and runs faster in onnxruntime than the ONNX ``STFT`` op (platform notes, probe 2).
-Parameters come from :mod:`monitor.frontend`, whose numpy functions are the reference.
+Parameters come from :mod:`monitor.audio.frontend`, whose numpy functions are the reference.
 
 Module layout mirrors torchaudio's so that CED's original ``.pt`` buffers load by name:
 ``<mel>.spectrogram.window`` (the analysis window) and ``<mel>.mel_scale.fb`` ([n_freqs, n_mels]).
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monitor import frontend as fe
+from monitor.audio import frontend as fe
 
 
 class PowerSpectrogram(nn.Module):

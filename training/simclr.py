@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monitor import frontend as fe
+from monitor.audio import frontend as fe
 from monitor.errors import DataError
 from training.augment import AugmentConfig, Augmenter
 from training.features import LogMel

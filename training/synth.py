@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import oaconvolve
 
-from monitor.audio_io import write_wav
+from monitor.audio.io import write_wav
 from monitor.errors import DataError
 
 log = logging.getLogger(__name__)

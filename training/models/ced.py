@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from monitor import frontend as fe
+from monitor.audio import frontend as fe
 from monitor.errors import CheckpointError
 from training.features import CEDFrontEnd
 

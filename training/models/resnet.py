@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monitor import frontend as fe
+from monitor.audio import frontend as fe
 from training.features import LogMel
 
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from monitor.scoring import make_scorer
+from monitor.model.scoring import make_scorer
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Recipe(ABC):
 
 
 class EmbeddingRecipe(Recipe):
-    """An encoder (waveform -> embedding) followed by one of `monitor.scoring`'s scorers.
+    """An encoder (waveform -> embedding) followed by one of `monitor.model.scoring`'s scorers.
 
     The scorer is the same code the daemon runs, so offline and live scores agree.
     """

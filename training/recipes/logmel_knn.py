@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from monitor import frontend
+from monitor.audio import frontend
 from training.recipes.base import EmbeddingRecipe
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from monitor import frontend as fe
+from monitor.audio import frontend as fe
 from monitor.errors import CheckpointError
 from training.features import CEDFrontEnd, LogMel, MelSpectrogram, PowerToDB
 from training.separator.unet import UNet, UNetConfig, pad_frames

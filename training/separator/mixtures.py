@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.audio_io import load_audio
+from monitor.audio.io import load_audio
 from monitor.errors import DataError
 
 AUDIO_SUFFIXES = (".wav", ".flac")

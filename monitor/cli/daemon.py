@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from monitor.config import Config, DeviceSource, FileSource, load_config
+from monitor.config.schema import Config, DeviceSource, FileSource, load_config
 from monitor.errors import ConfigError, SonitorError
 
 
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.daemon import run_daemon
+    from monitor.daemon.daemon import run_daemon
 
     return run_daemon(args.config)
 
@@ -77,8 +77,8 @@ def _writable_dir(path: Path, key: str) -> None:
 
 def check_config(cfg: Config) -> list[str]:
     """Errors raise (ConfigError/PackageError/AudioError naming the key); returns warnings."""
-    from monitor.audio_io import audio_info
-    from monitor.wiring import Pipeline, clip_policy, mqtt_settings
+    from monitor.audio.io import audio_info
+    from monitor.daemon.wiring import Pipeline, clip_policy, mqtt_settings
 
     warnings: list[str] = []
     pipeline = Pipeline.build(cfg)  # package, machines, windows vs the front-end
@@ -126,7 +126,7 @@ def check_config(cfg: Config) -> list[str]:
 def _check_device(i: int, src: DeviceSource) -> list[str]:
     """A device that is not there now is a warning (the daemon waits for it), not an error."""
     try:
-        from monitor import devices as devs
+        from monitor.audio import devices as devs
 
         devices = devs.list_input_devices()
         devs.resolve_device(src.device, devices)
@@ -156,8 +156,8 @@ def check_config_cmd(args: argparse.Namespace, out: TextIO | None = None) -> int
 
 
 def test_alert(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from monitor.mqtt import publish_test_alert
-    from monitor.wiring import mqtt_settings
+    from monitor.daemon.wiring import mqtt_settings
+    from monitor.outputs.mqtt import publish_test_alert
 
     out = sys.stdout if out is None else out
     cfg = load_config(args.config)

@@ -24,9 +24,9 @@ _RUNTIME_COMMAND_NAMES = frozenset(
     {"run", "check-config", "test-alert", "devices", "enroll", "score"}
 )
 _RUNTIME_COMMAND_MODULES: tuple[str, ...] = (
-    "monitor.cli_daemon",
-    "monitor.cli_devices",
-    "monitor.cli_package",
+    "monitor.cli.daemon",
+    "monitor.cli.devices",
+    "monitor.cli.package",
 )
 
 

@@ -1,6 +1,6 @@
 """How the daemon's config becomes running parts.
 
-The config schema (`monitor/config.py`) is the single source of truth for every key; the
+The config schema (`monitor/config/schema.py`) is the single source of truth for every key; the
 components (capture, alerts, clips, MQTT) take small settings dataclasses of their own. The
 functions here map one onto the other. Also here: the model pipeline (package + onnxruntime
 embedder) and the per-source state the inference thread keeps.
@@ -19,21 +19,21 @@ from typing import Any
 
 import numpy as np
 
-from monitor.alerts import AlertMachine, AlertPolicy
-from monitor.capture import (
+from monitor.alerting.clips import ClipPolicy, ClipRecorder
+from monitor.alerting.machine import AlertMachine, AlertPolicy
+from monitor.audio.capture import (
     CaptureManager,
     DeviceSourceSpec,
     FileSourceSpec,
     LivenessSpec,
 )
-from monitor.clips import ClipPolicy, ClipRecorder
-from monitor.config import Config, DeviceSource, FileSource
+from monitor.audio.frontend import SAMPLE_RATE
+from monitor.audio.windowing import Window, stack
+from monitor.config.schema import Config, DeviceSource, FileSource
 from monitor.errors import ConfigError
-from monitor.frontend import SAMPLE_RATE
-from monitor.metrics import Metrics
-from monitor.package import ModelPackage
-from monitor.runtime import Embedder, FrameStream
-from monitor.windowing import Window, stack
+from monitor.model.package import ModelPackage
+from monitor.model.runtime import Embedder, FrameStream
+from monitor.outputs.prometheus import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def clip_policy(cfg: Config) -> ClipPolicy:
 
 
 def mqtt_settings(cfg: Config) -> Any:
-    from monitor.mqtt import MqttSettings
+    from monitor.outputs.mqtt import MqttSettings
 
     m = cfg.mqtt
     return MqttSettings(
@@ -140,7 +140,7 @@ def mqtt_settings(cfg: Config) -> Any:
 
 
 def sparkplug_settings(cfg: Config) -> Any:
-    from monitor.sparkplug import SparkplugSettings
+    from monitor.outputs.sparkplug import SparkplugSettings
 
     sp = cfg.sparkplug
     return SparkplugSettings(

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from monitor.errors import PackageError
-from monitor.mcd import fast_mcd, mcd_reweight, ml_covariance, squared_mahalanobis
+from monitor.model.mcd import fast_mcd, mcd_reweight, ml_covariance, squared_mahalanobis
 
 __all__ = [
     "DOMAINS",

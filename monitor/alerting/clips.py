@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.alerts import AlertEvent
+from monitor.alerting.machine import AlertEvent
 from monitor.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class _ClipFile:
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     try:  # the project's writer when present (one place that knows our audio conventions)
-        from monitor.audio_io import write_wav  # type: ignore[attr-defined]
+        from monitor.audio.io import write_wav  # type: ignore[attr-defined]
     except ImportError:
         write_wav = None
     if write_wav is not None:

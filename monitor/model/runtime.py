@@ -95,7 +95,7 @@ class Embedder:
     def __init__(
         self, package_or_paths: Any, threads: int = 1, precision: str | None = None
     ) -> None:
-        from monitor.package import ModelPackage
+        from monitor.model.package import ModelPackage
 
         pkg = package_or_paths
         if isinstance(pkg, (str, Path)):
@@ -145,7 +145,7 @@ class Embedder:
 
     def _separator_setup(self, pkg: Any) -> None:
         """Frames or waveform separator, and its context, from the manifest or graph metadata."""
-        from monitor.package import ModelPackage
+        from monitor.model.package import ModelPackage
 
         assert self.separator is not None
         info: dict[str, Any] = {}

@@ -33,23 +33,19 @@ from typing import Any
 import numpy as np
 
 from monitor import __version__
-from monitor.alerts import AlertEvent, AlertMachine
-from monitor.capture import (
+from monitor.alerting.clips import ClipRecorder, ClipWriter
+from monitor.alerting.machine import AlertEvent, AlertMachine
+from monitor.audio.capture import (
     ALARM_STATES,
     RETRY_STATES,
     CaptureManager,
     SourceHealth,
     SourceState,
 )
-from monitor.clips import ClipRecorder, ClipWriter
-from monitor.config import Config, DeviceSource, FileSource, load_config
-from monitor.errors import ConfigError, SonitorError
-from monitor.frontend import SAMPLE_RATE
-from monitor.metrics import Metrics, MetricsServer
-from monitor.payloads import health_payload, state_payload
-from monitor.sdnotify import Notifier, Watchdog
-from monitor.windowing import SourceWindower, Window, WindowQueue, batches
-from monitor.wiring import (
+from monitor.audio.frontend import SAMPLE_RATE
+from monitor.audio.windowing import SourceWindower, Window, WindowQueue, batches
+from monitor.config.schema import Config, DeviceSource, FileSource, load_config
+from monitor.daemon.wiring import (
     CaptureGroup,
     Pipeline,
     ScoreSmoother,
@@ -64,6 +60,10 @@ from monitor.wiring import (
     source_machines,
     sparkplug_settings,
 )
+from monitor.errors import ConfigError, SonitorError
+from monitor.outputs.payloads import health_payload, state_payload
+from monitor.outputs.prometheus import Metrics, MetricsServer
+from monitor.outputs.sdnotify import Notifier, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class Daemon:
         self.notifier.ready(status=f"listening to {len(cfg.sources)} source(s)")
 
     def _start_mqtt(self, cfg: Config) -> Any:
-        from monitor.mqtt import MqttClient
+        from monitor.outputs.mqtt import MqttClient
 
         client = MqttClient(
             mqtt_settings(cfg),
@@ -192,7 +192,7 @@ class Daemon:
         """Home Assistant discovery and the Sparkplug B node: side sessions on the mqtt broker,
         fed from the same state and health the daemon publishes (``_publish_state/health``)."""
         if cfg.homeassistant.enabled:
-            from monitor.homeassistant import HomeAssistantDiscovery
+            from monitor.outputs.homeassistant import HomeAssistantDiscovery
 
             self.homeassistant = HomeAssistantDiscovery(
                 mqtt_settings(cfg),
@@ -202,7 +202,7 @@ class Daemon:
                 sw_version=__version__,
             ).start()
         if cfg.sparkplug.enabled:
-            from monitor.sparkplug import SparkplugNode
+            from monitor.outputs.sparkplug import SparkplugNode
 
             self.sparkplug = SparkplugNode(
                 mqtt_settings(cfg),
@@ -566,7 +566,7 @@ class Daemon:
             log.warning("metrics.host/port changes take effect after a restart")
 
     def _command(self, cmd: Any) -> None:
-        from monitor.mqtt import mute_until
+        from monitor.outputs.mqtt import mute_until
 
         names = [cmd.source] if cmd.source else list(self.sources)
         unknown = [n for n in names if n not in self.sources]

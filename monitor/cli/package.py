@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 def _capture(config: Path, source: str, seconds: float, timeout: float | None = None):
     """Record ``seconds`` of 16 kHz audio from a source configured for the daemon."""
-    from monitor import capture
-    from monitor.config import load_config
+    from monitor.audio import capture
+    from monitor.config.schema import load_config
 
     cfg = load_config(config)
     src = cfg.source(source)
@@ -60,7 +60,7 @@ def _capture(config: Path, source: str, seconds: float, timeout: float | None = 
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from monitor.enroll import enroll
+    from monitor.model.enroll import enroll
 
     if bool(args.audio) == bool(args.source):
         raise SonitorError("give exactly one of --audio PATH... or --source NAME --seconds N")
@@ -95,7 +95,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from monitor.enroll import score_files
+    from monitor.model.enroll import score_files
 
     results = score_files(
         args.package, args.machine, args.files, threads=args.threads,

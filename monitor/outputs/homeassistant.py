@@ -22,8 +22,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from monitor.mqtt import MqttSettings, Topics, paho_client
-from monitor.payloads import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE
+from monitor.outputs.mqtt import MqttSettings, Topics, paho_client
+from monitor.outputs.payloads import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from monitor.errors import ConfigError
-from monitor.mqtt import MqttSettings, paho_client
-from monitor.sparkplug_pb import DataType, Metric, decode_payload, encode_payload
+from monitor.outputs.mqtt import MqttSettings, paho_client
+from monitor.outputs.sparkplug_pb import DataType, Metric, decode_payload, encode_payload
 
 log = logging.getLogger(__name__)
 

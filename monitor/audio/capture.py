@@ -35,11 +35,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from monitor import devices as devs
-from monitor.audio_io import RESAMPLE_QUALITY, audio_info
+from monitor.audio import devices as devs
+from monitor.audio.frontend import SAMPLE_RATE
+from monitor.audio.io import RESAMPLE_QUALITY, audio_info
+from monitor.audio.ringbuffer import RingBuffer
 from monitor.errors import AudioError, ConfigError
-from monitor.frontend import SAMPLE_RATE
-from monitor.ringbuffer import RingBuffer
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ TARGET_RATE = SAMPLE_RATE  # the model rate (ARCHITECTURE.md: float32 mono 16 kH
 class LivenessSpec:
     """When a source counts as unhealthy, and how fast a dead device is retried.
 
-    Field names match ``capture:`` in the config schema (``monitor/config.py``), so the config
+    Field names match ``capture:`` in the config schema (``monitor/config/``), so the config
     converts with ``LivenessSpec(**capture.model_dump(exclude={"buffer_seconds"}))``.
     """
 

@@ -212,7 +212,7 @@ class MachineModel:
 
     name: str
     scorer: Any
-    calibration: Any  # monitor.thresholds.Calibration
+    calibration: Any  # monitor.model.thresholds.Calibration
     bank: Bank
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -391,8 +391,8 @@ class ModelPackage:
         return self.path / rel
 
     def _load_machine(self, name: str) -> MachineModel:
-        from monitor.scoring import scorer_from_arrays
-        from monitor.thresholds import Calibration
+        from monitor.model.scoring import scorer_from_arrays
+        from monitor.model.thresholds import Calibration
 
         where = f"{self.path / MANIFEST}: machines[{name!r}]"
         validate_machine_name(name)

@@ -1,10 +1,10 @@
-"""Generate `config.example.yaml` from the schema in `monitor/config.py`.
+"""Generate `config.example.yaml` from the schema in `monitor/config/schema.py`.
 
 The example is derived, never hand-written, so it cannot drift from what the daemon accepts:
 every key appears with its default value and its description as a comment. A test checks that
 the committed file equals this output and that it loads.
 
-    python -m monitor.example_config > config.example.yaml
+    python -m monitor.config.example > config.example.yaml
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from monitor.config import Config, DeviceSource, FileSource
+from monitor.config.schema import Config, DeviceSource, FileSource
 
 _WIDTH = 100
 # The two example sources need distinct names and machines; everything else comes from the schema.
@@ -29,7 +29,7 @@ _SOURCE_EXAMPLES: dict[type[BaseModel], dict[str, Any]] = {
 
 HEADER = """\
 # sonitor daemon configuration: every key with its default value.
-# Generated from the schema (monitor/config.py) by `python -m monitor.example_config`; do not edit.
+# Generated from the schema by `python -m monitor.config.example`; do not edit.
 # Check a config with `sonitor check-config FILE`; run with `sonitor run --config FILE`.
 # Relative paths are relative to the folder of this file. Secrets are given by reference only
 # (mqtt.password_env / mqtt.password_file), never inline.

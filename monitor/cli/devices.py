@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from monitor import devices as devs
+from monitor.audio import devices as devs
 
 NO_DEVICES_HINT = """\
 No audio input device found.

@@ -1,7 +1,7 @@
 """The one configuration schema of the daemon (pydantic v2) and its loader.
 
 Every key the daemon reads is declared here, with its default and a description; the example
-config (`monitor/example_config.py`) is generated from these declarations, so the schema is the
+config (`monitor/config/example.py`) is generated from these declarations, so the schema is the
 single source of truth. Unknown keys, wrong types and impossible values are errors that name the
 file, the line and the key path (e.g. `sources[1].gain_db`), because a daemon that silently
 ignores a typo in `on_threshold` fails in the worst possible way: quietly.

@@ -5,7 +5,7 @@ embed normal recordings with the package's encoder, extend (or create) the machi
 subsample it to a bounded size, recalibrate the threshold, and write the package atomically.
 
 `score_files` scores recordings exactly as the daemon scores live audio: the same streaming
-front-end (`monitor.runtime.FrameStream`), the same windows, the same scorer.
+front-end (`monitor.model.runtime.FrameStream`), the same windows, the same scorer.
 
 Bank-size control. Long enrolments make large k-NN banks (scoring cost and memory grow linearly).
 Past ``max_bank`` the bank is reduced with a greedy k-center coreset (PatchCore), per domain so
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import AudioError, PackageError, SonitorError
-from monitor.package import (
+from monitor.model.package import (
     Bank,
     ModelPackage,
     PackageWriter,
@@ -42,7 +42,7 @@ from monitor.package import (
     utc_now,
     validate_machine_name,
 )
-from monitor.runtime import Embedder, embed_recording
+from monitor.model.runtime import Embedder, embed_recording
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def collect_audio_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load(path: Path, sample_rate: int) -> np.ndarray:
-    from monitor.audio_io import load_audio
+    from monitor.audio.io import load_audio
 
     return load_audio(path, sr=sample_rate)
 
@@ -110,7 +110,7 @@ def embed_waveform(
 
 def scorer_spec(scorer: Any) -> tuple[str, dict[str, Any]]:
     """(registry name, constructor parameters) of a scorer, to refit it on a changed bank."""
-    from monitor import scoring
+    from monitor.model import scoring
 
     name = scorer.name
     fixed = getattr(scoring, "_REGISTRY", {}).get(name, (None, {}))[1]
@@ -123,7 +123,7 @@ def scorer_spec(scorer: Any) -> tuple[str, dict[str, Any]]:
 
 
 def make_scorer(name: str, params: dict[str, Any]) -> Any:
-    from monitor.scoring import make_scorer as _make
+    from monitor.model.scoring import make_scorer as _make
 
     try:
         return _make(name, **params)
@@ -143,7 +143,7 @@ def subsample_bank(
     Each domain gets a share of ``n`` proportional to its size but at least
     ``min(size, n // 4)``, so a small target set survives a large source enrolment whole.
     """
-    from monitor.scoring import coreset_subsample
+    from monitor.model.scoring import coreset_subsample
 
     if len(x) <= n:
         return np.arange(len(x))
@@ -253,7 +253,7 @@ def _enroll_locked(
     seed: int = 0,
     _before_swap: Any = None,
 ) -> EnrollResult:
-    from monitor.thresholds import calibrate
+    from monitor.model.thresholds import calibrate
 
     validate_machine_name(machine)
     if domain not in DOMAINS:

@@ -1,6 +1,6 @@
 """MQTT publishing (paho-mqtt 2): availability, retained state and health, events, commands.
 
-Topics (``<p>`` = ``MqttSettings.topic_prefix``), Frigate-style; payloads in monitor/payloads.py,
+Topics (``<p>`` = ``MqttSettings.topic_prefix``), Frigate-style; payloads in outputs/payloads.py,
 reference in docs/mqtt.md:
 
 - ``<p>/availability``      ``online`` (retained, on every connect), last will ``offline``
@@ -40,10 +40,10 @@ from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 
-from monitor.alerts import AlertEvent
+from monitor.alerting.machine import AlertEvent
 from monitor.errors import ConfigError, SonitorError
-from monitor.outbox import Outbox
-from monitor.payloads import (
+from monitor.outputs.outbox import Outbox
+from monitor.outputs.payloads import (
     AVAILABILITY_OFFLINE,
     AVAILABILITY_ONLINE,
     AVAILABILITY_STOPPED,
@@ -510,7 +510,7 @@ class MqttClient:
             self._schedule_retry()
             return None
         if log.isEnabledFor(logging.DEBUG):  # paho logs routine retries at ERROR level
-            client.enable_logger(logging.getLogger("monitor.mqtt.paho"))
+            client.enable_logger(logging.getLogger("monitor.outputs.mqtt.paho"))
         # paho sleeps this long after a failed attempt before its thread ends (we retry ourselves)
         client.reconnect_delay_set(0.01, 0.01)  # type: ignore[arg-type]
         client.max_inflight_messages_set(_MAX_IN_FLIGHT)

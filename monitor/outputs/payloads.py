@@ -12,7 +12,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from monitor.alerts import AlertEvent, AlertStatus
+from monitor.alerting.machine import AlertEvent, AlertStatus
 
 SCHEMA_VERSION = 1
 

@@ -2,7 +2,7 @@
 
 Why this shape:
 - The front-end (STFT + mel) runs once per hop of *new* audio through a streaming frame
-  computer (`monitor.runtime.FrameStream`); a window is then a slice of already computed frames.
+  computer (`runtime.FrameStream`); a window is then a slice of already computed frames.
   With a 10 s window and a 1 s hop that is 10x less front-end work than framing every window.
 - Every window carries the source's sample clock (`start_sample`, `end_sample`), so scores,
   events and clips are timestamped by audio position, not by when inference got round to them.
@@ -30,7 +30,7 @@ SILENCE_DBFS = -200.0  # level reported for digital silence (log of 0)
 
 
 class FrameSource(Protocol):
-    """What `monitor.runtime.FrameStream` provides: push audio, get the newly complete frames."""
+    """What `runtime.FrameStream` provides: push audio, get the newly complete frames."""
 
     hop: int
     pad: int

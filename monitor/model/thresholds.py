@@ -197,7 +197,7 @@ def calibrate(scores: ArrayLike, method: str = "gamma", q: float = 0.9) -> Calib
     fewer than about 1 - q of them above it (``_gamma_tolerance``).
 
     The threshold must come out positive, because scores are normalised by dividing by it;
-    every scorer in ``monitor.scoring`` yields non-negative scores.
+    every scorer in ``monitor.model.scoring`` yields non-negative scores.
     """
     arr = _scores(scores)
     if method == "gamma":

@@ -1,0 +1,1 @@
+"""From scores to alert events: the state machine and event clips."""

@@ -1,0 +1,1 @@
+"""The `sonitor` command."""

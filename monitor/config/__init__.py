@@ -1,0 +1,1 @@
+"""The daemon's one config schema and the example generated from it."""

@@ -1,0 +1,1 @@
+"""The model package and everything that scores with it (no torch)."""

@@ -1,0 +1,1 @@
+"""Where results go: MQTT, Home Assistant, Sparkplug B, Prometheus, systemd."""
