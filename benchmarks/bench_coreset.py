@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.model.enroll import calibration_scores, spearman, subsample_bank
-from monitor.model.scoring import make_scorer
+from monitor.model.scoring import scorer_by_name
 from monitor.model.thresholds import calibrate
 from training.data import discover, load_clips
 from training.dcase_metrics import machine_scores
@@ -48,7 +48,7 @@ def main() -> None:
         y = np.array([c.label == "anomaly" for c in md.test], int)
         d_te = [c.domain for c in md.test]
         for name, params in SCORERS.items():
-            full = make_scorer(name, **params).fit(x_tr, list(d_tr))
+            full = scorer_by_name(name, **params).fit(x_tr, list(d_tr))
             s_full = full.score_samples(x_te)
             thr_full = calibrate(full.loo_scores()).threshold
             r = machine_scores(y, s_full, d_te)
@@ -58,13 +58,15 @@ def main() -> None:
             )
             for n in (len(x_tr) // 2, len(x_tr) // 4, len(x_tr) // 8):
                 kept = subsample_bank(x_tr, d_tr, n, metric="euclidean")
-                sub = make_scorer(name, **params).fit(x_tr[kept], list(d_tr[kept]))
+                sub = scorer_by_name(name, **params).fit(x_tr[kept], list(d_tr[kept]))
                 s_sub = sub.score_samples(x_te)
                 thr = calibrate(calibration_scores(sub, x_tr, kept)).threshold
                 r = machine_scores(y, s_sub, d_te)
                 rnd = np.sort(np.random.default_rng(0).choice(len(x_tr), n, replace=False))
                 s_rnd = (
-                    make_scorer(name, **params).fit(x_tr[rnd], list(d_tr[rnd])).score_samples(x_te)
+                    scorer_by_name(name, **params)
+                    .fit(x_tr[rnd], list(d_tr[rnd]))
+                    .score_samples(x_te)
                 )
                 r_rnd = machine_scores(y, s_rnd, d_te)
                 print(

@@ -68,7 +68,7 @@ def build_package(workdir: Path, size: str, separator: Path | None = None) -> Pa
     from export.package_writer import Int8Files, MachineSpec, write_package
     from export.quantize import quantize_encoder
     from monitor.model.runtime import Embedder
-    from monitor.model.scoring import make_scorer
+    from monitor.model.scoring import scorer_by_name
     from training.models.ced import CED
 
     torch.set_num_threads(2)
@@ -85,7 +85,7 @@ def build_package(workdir: Path, size: str, separator: Path | None = None) -> Pa
     embedder = Embedder({"encoder": enc.full}, threads=2)
     waves = synthetic_machine_audio("fan", 32, 10.0, seed=0)
     x = np.concatenate([embedder.embed(waves[i : i + 4]) for i in range(0, len(waves), 4)])
-    scorer = make_scorer("rescaled_knn", k=8, metric="cosine").fit(x)
+    scorer = scorer_by_name("rescaled_knn", k=8, metric="cosine").fit(x)
     spec = MachineSpec("fan", x, ["source"] * len(x), scorer, {"synthetic": True})
     return write_package(
         pkg,

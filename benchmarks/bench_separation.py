@@ -34,7 +34,8 @@ import torch
 
 from monitor.audio.io import load_audio, write_wav
 from training.data import discover, load_clips, supplemental_kind
-from training.evaluate import evaluate, subsample_train
+from training.evaluate import evaluate
+from training.fit import subsample_train
 from training.recipes.base import RecipeOptions
 from training.separator.masking import save_separator
 from training.separator.mixtures import AUDIO_SUFFIXES, mix_at_snr
@@ -245,6 +246,7 @@ def mask_variants(args: argparse.Namespace) -> None:
 def fault_types(data: Path) -> dict[tuple[str, str], str]:
     """(machine, test file name) -> synthetic fault type, from the generator's own plan."""
     from training import synth
+    from training.synth_sound import draw_fault
 
     params = json.loads((data / "SYNTHETIC").read_text().split("\n", 1)[1])["parameters"]
     specs = synth.plan(
@@ -253,7 +255,7 @@ def fault_types(data: Path) -> dict[tuple[str, str], str]:
         params["difficulty"],
     )  # fmt: skip
     return {
-        (s.machine, s.filename): synth.draw_fault(s)["type"]
+        (s.machine, s.filename): draw_fault(s)["type"]
         for s in specs
         if s.split == "test" and s.label == "anomaly"
     }

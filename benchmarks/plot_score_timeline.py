@@ -84,7 +84,7 @@ def record(args: argparse.Namespace, out: Path) -> tuple[list[dict], dict]:
     if args.package:  # a real package: the daemon's own default alert rules
         cfg.pop("alerts")
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    from monitor.config.schema import load_config
+    from monitor.config import load_config
 
     alerts = load_config(cfg_path).alerts
     manifest = json.loads((package / "manifest.json").read_text())

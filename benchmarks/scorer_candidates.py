@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from monitor.model.mcd import squared_mahalanobis
 from monitor.model.scoring import RescaledKNNScorer
+from monitor.model.scoring.mcd import squared_mahalanobis
 
 
 def _codes(domains: Sequence[str | None]) -> np.ndarray:

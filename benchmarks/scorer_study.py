@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from scorer_candidates import CANDIDATES  # benchmarks/ is on sys.path when run as a script
 
-from monitor.model.scoring import make_scorer
+from monitor.model.scoring import scorer_by_name
 from training import dcase_metrics as metrics
 from training.data import discover, load_clips
-from training.evaluate import _load_machine
+from training.fit import load_machine
 from training.recipes.base import RecipeOptions
 from training.recipes.registry import make_recipe
 
@@ -36,7 +36,7 @@ SCORERS = (
 def embed_all(data_dir: Path, recipe: str, seed: int, extra: dict) -> dict[str, np.ndarray]:
     found = discover(data_dir)
     rec, _ = make_recipe(recipe, RecipeOptions(seed=seed, progress=False, extra=extra))
-    arrays = {m: _load_machine(md, rec.uses_supplemental, None, seed, 2) for m, md in found.items()}
+    arrays = {m: load_machine(md, supplemental=rec.uses_supplemental) for m, md in found.items()}
     t0 = time.perf_counter()
     rec.prepare(arrays)
     print(f"prepare {time.perf_counter() - t0:.0f} s", flush=True)
@@ -136,7 +136,7 @@ def main() -> None:
         params = {"metric": "cosine"} if "knn" in name and "mahal" not in name else {}
         rows = []
         for m in machines:
-            sc = CANDIDATES[name]() if name in CANDIDATES else make_scorer(name, **params)
+            sc = CANDIDATES[name]() if name in CANDIDATES else scorer_by_name(name, **params)
             sc = sc.fit(emb[f"{m}/train"], domains=list(emb[f"{m}/train_domains"]))
             s = sc.score_samples(emb[f"{m}/test"])
             r = metrics.machine_scores(emb[f"{m}/test_labels"], s, list(emb[f"{m}/test_domains"]))

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from monitor.model.scoring import make_scorer
+from monitor.model.scoring import scorer_by_name
 from training import dcase_metrics as metrics
 from training.augment import AugmentConfig
 from training.data import discover, load_clips
@@ -46,7 +46,8 @@ from training.models.resnet import ResNetEncoder
 from training.recipes.base import RecipeOptions
 from training.recipes.simclr import AUGMENT
 from training.simclr import StageEmbedder, train_simclr
-from training.synth import draw_fault, generate_dataset, plan
+from training.synth import generate_dataset, plan
+from training.synth_sound import draw_fault
 
 MACHINES = ("fan", "pump", "gearbox")
 SET = {"n_train_source": 200, "n_train_target": 10, "n_test_per_group": 25, "seconds": 10.0}
@@ -119,7 +120,7 @@ def official(
     rows, by_fault = [], {}
     for m, d in data.items():
         train, test = emb[m]
-        scores = make_scorer("mahalanobis").fit(train, domains=d["train_domains"])
+        scores = scorer_by_name("mahalanobis").fit(train, domains=d["train_domains"])
         s = scores.score_samples(test)
         r = metrics.machine_scores(d["labels"], s, d["domains"])
         r["machine"] = m

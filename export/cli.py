@@ -11,7 +11,6 @@ Without ``--data``, ``--checkpoint`` gives a package with no machines yet: add t
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -19,61 +18,42 @@ import numpy as np
 
 from monitor.errors import SonitorError
 
-log = logging.getLogger(__name__)
-
-
-def _common_seconds(clips: list, sample_rate: int = 16000, hop: int = 160) -> float:
-    """The most common training clip length, on the frame grid: the package's window."""
-    from collections import Counter
-
-    from monitor.audio.io import audio_info
-
-    counts = Counter(round(audio_info(c.path).duration_s * sample_rate) for c in clips)
-    n = max(counts, key=lambda k: (counts[k], k))
-    return (n - n % hop) / sample_rate
-
 
 def _train_from_data(args: argparse.Namespace):
-    """Train/fit the recipe on DATA_DIR; returns (recipe, model, machine specs, summary, test)."""
-    from export.package_writer import MachineSpec
-    from training.cli import _options
-    from training.data import discover, load_clips
-    from training.evaluate import subsample_train
-    from training.recipes.base import MachineArrays
-    from training.recipes.registry import make_recipe
-
-    found = discover(args.data)
-    if args.machines:
-        unknown = sorted(set(args.machines) - set(found))
-        if unknown:
-            raise SonitorError(f"{args.data}: no machine type(s) {unknown}; found {sorted(found)}")
-        found = {m: found[m] for m in args.machines}
-    options = _options(args)
-    rec, why = make_recipe(args.recipe, options)
-    log.info("recipe %s (%s)", rec.name, why)
-    arrays, summary = {}, {"root": str(Path(args.data).resolve()), "machines": {}}
-    trains = {m: subsample_train(md.train, args.max_train, options.seed) for m, md in found.items()}
-    window = args.window_seconds or _common_seconds([c for t in trains.values() for c in t])
-    for m, train in trains.items():
-        # every clip is cut (or padded) to the package window: banks are embedded exactly as
-        # the daemon will embed its windows
-        waves = load_clips(train, workers=2, seconds=window)
-        doms = [c.domain for c in train]
-        arrays[m] = MachineArrays(m, waves, doms)
-        summary["machines"][m] = {
-            "n_train": len(train),
-            "n_source": doms.count("source"),
-            "n_target": doms.count("target"),
-            "window_seconds": window,
-        }
-    rec.prepare(arrays)
-    specs = []
-    for m in found:
-        rec.fit_machine(arrays[m])
-        specs.append(MachineSpec(m, rec.train_embeddings[m], arrays[m].domains, rec.scorers[m]))
-    model = getattr(rec, "model", None)
+    """Fit the recipe on DATA_DIR; returns (recipe name, model, machine specs, training summary,
+    window seconds, parity clips, labelled test clips per machine for the int8 drift or None)."""
     import torch
 
+    from export.package_writer import MachineSpec
+    from training.cli import _options
+    from training.data import load_clips
+    from training.fit import fit_recipe
+
+    # every clip is cut (or padded) to the package window: banks are embedded exactly as the
+    # daemon will embed its windows
+    fitted = fit_recipe(
+        args.data,
+        args.recipe,
+        _options(args),
+        machines=args.machines,
+        max_train=args.max_train,
+        seconds=args.window_seconds or "common",
+        supplemental=False,  # banks and encoder from train/ only, whatever the recipe
+    )
+    rec, arrays, window = fitted.recipe, fitted.arrays, fitted.seconds
+    summary: dict = {"root": str(Path(args.data).resolve()), "machines": {}}
+    for m, a in arrays.items():
+        summary["machines"][m] = {
+            "n_train": len(a.domains),
+            "n_source": a.domains.count("source"),
+            "n_target": a.domains.count("target"),
+            "window_seconds": window,
+        }
+    specs = [
+        MachineSpec(m, rec.train_embeddings[m], arrays[m].domains, rec.scorers[m])
+        for m in fitted.machines
+    ]
+    model = getattr(rec, "model", None)
     if not isinstance(model, torch.nn.Module):
         raise SonitorError(
             f"recipe {rec.name!r} has no neural encoder to export (packages hold an ONNX "
@@ -83,7 +63,7 @@ def _train_from_data(args: argparse.Namespace):
     test = None
     if args.int8:
         test = {}
-        for m, md in found.items():
+        for m, md in fitted.machines.items():
             labelled = [c for c in md.test if c.label is not None]
             if labelled:
                 test[m] = (
@@ -151,7 +131,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         window, hop = args.window_seconds or 10.0, args.hop_seconds or 1.0
     default_scorer = None
     if not specs:
-        # raw pretrained embeddings: Euclidean distance (asd-facts.md section 2)
+        # raw pretrained embeddings: Euclidean distance (cosine suits embeddings trained to be
+        # compared by angle, as "Keeping the Balance" (Wilkinghoff et al.) uses it)
         default_scorer = (args.scorer or "rescaled_knn", {"k": args.k, "metric": "euclidean"})
     path, report = build_package(
         args.out,
@@ -196,6 +177,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.archive:
         print(f"  archive: {args.archive}")
     return 0
+
+
+# `sonitor demo` is registered here too (this module's docstring is `sonitor export --help`): it
+# trains, exports, enrols and runs the daemon, so it belongs to the top layer, beside export.
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on a fresh machine: synthetic audio -> model -> package -> live alert."""
+    from export.demo import run_demo
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SonitorError(f"--out {out}: exists and is not a folder")
+    return run_demo(args)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -247,6 +240,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads (default 1)")
     add_recipe_arguments(p)
     p.set_defaults(handler=cmd_export)
+
+    p = subparsers.add_parser(
+        "demo",
+        help="the main job end to end: synthetic audio -> model -> package -> daemon -> alert",
+        description=(
+            "Needs no microphone, broker or downloaded model. Generates SYNTHETIC machine "
+            "sound, trains the default recipe briefly, exports the ONNX package, enrols normal "
+            "sound, replays a recording with an injected fault through the daemon and prints "
+            "the live scores and the alert. Exit 0 only when the fault raised the alert and "
+            "nothing raised one before it."
+        ),
+    )
+    from export import demo
+
+    demo.add_arguments(p)
+    p.set_defaults(handler=cmd_demo)
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - convenience

@@ -1,7 +1,7 @@
 """PyTorch encoders -> ONNX: the full graph and the streaming split, checked against PyTorch.
 
-Three graphs per encoder (all with the TorchScript exporter at opset 17, which exports the
-conv-STFT front-end and CED's shape arithmetic with dynamic lengths; platform notes, probe 2):
+Three graphs per encoder (all through `export.onnx_graph`: the TorchScript exporter at opset 17,
+which exports the conv-STFT front-end and CED's shape arithmetic with dynamic lengths):
 
 - ``encoder.onnx``: the model's own ``forward``, waveform ``[B, samples]`` -> ``[B, D]``;
 - ``frontend.onnx``: waveform chunk -> dB mel frames ``[B, n_mels, F]`` without padding ("valid"
@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from monitor.errors import SonitorError
+from export.onnx_graph import OPSET, ExportError, export_graph, set_metadata
+from export.separator_export import export_separator, separator_info
 from training.features import CEDFrontEnd, LogMel, MelSpectrogram, PowerToDB
+from training.separator.masking import find_separator, remove_separator
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
 META_FRONTEND = "sonitor.frontend"  # read by monitor.model.runtime.Embedder
-
-
-class ExportError(SonitorError):
-    """The model cannot be exported, or its ONNX graph does not match PyTorch."""
 
 
 @dataclass
@@ -148,52 +144,6 @@ class ExportedEncoder:
     separator_info: dict[str, Any] | None = None
 
 
-def _set_metadata(path: Path, meta: dict[str, str], out_dim: int | None = None) -> None:
-    """Write sonitor's metadata and, when known, the static size of the output's last axis."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    if out_dim is not None:
-        proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value = out_dim
-    existing = {p.key: p for p in proto.metadata_props}
-    for key, value in meta.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))
-
-
-def _export(
-    module: nn.Module,
-    example: torch.Tensor,
-    path: Path,
-    names: tuple[str, str],
-    dynamic: dict[str, dict[int, str]],
-) -> None:
-    module.eval()
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        # the TorchScript exporter is deprecated but is the one that exports our shape arithmetic
-        # at opset 17 (probe 2); its tracer warnings are about the dynamic sizes we verify below
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[names[0]],
-                output_names=[names[1]],
-                dynamic_axes=dynamic,
-                do_constant_folding=True,
-            )
-        except Exception as exc:  # the exporter raises many types; all mean "cannot export"
-            raise ExportError(
-                f"ONNX export of {type(module).__name__} to {path} failed: {exc}"
-            ) from exc
-
-
 def arch_name(model: nn.Module) -> str:
     size = getattr(model, "size", None)
     return f"{type(model).__name__.lower()}" + (f"-{size}" if size else "")
@@ -219,8 +169,6 @@ def export_encoder(
     # A model with a spectral separator (training.separator) in its front-end: the full graph
     # keeps it inside; the split is made from the bare model and the separator becomes its own
     # frames -> frames graph between frontend.onnx and backbone.onnx.
-    from training.separator.masking import find_separator, remove_separator
-
     sep = find_separator(model)
     split_model = model if sep is None else remove_separator(model)
     spec = find_frontend(split_model) if split else None
@@ -229,39 +177,37 @@ def export_encoder(
     meta = {META_FRONTEND: json.dumps(params, sort_keys=True), "sonitor.embedding_dim": str(dim)}
 
     full = out / "encoder.onnx"
-    _export(
+    export_graph(
         model,
         example,
         full,
         ("waveform", "embedding"),
         {"waveform": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}},
     )
-    _set_metadata(full, {**meta, "sonitor.role": "encoder"}, out_dim=dim)
+    set_metadata(full, {**meta, "sonitor.role": "encoder"}, out_dim=dim)
     frontend = backbone = None
     if spec is not None:
         frontend = out / "frontend.onnx"
-        _export(
+        export_graph(
             ValidFrontEnd(spec),
             example,
             frontend,
             ("waveform", "frames"),
             {"waveform": {0: "batch", 1: "samples"}, "frames": {0: "batch", 2: "frames"}},
         )
-        _set_metadata(frontend, {**meta, "sonitor.role": "frontend"})
+        set_metadata(frontend, {**meta, "sonitor.role": "frontend"})
         with torch.no_grad():
             frames = ValidFrontEnd(spec)(example)
         backbone = out / "backbone.onnx"
-        _export(
+        export_graph(
             Backbone(split_model, spec),
             frames,
             backbone,
             ("frames", "embedding"),
             {"frames": {0: "batch", 2: "frames"}, "embedding": {0: "batch"}},
         )
-        _set_metadata(backbone, {**meta, "sonitor.role": "backbone"}, out_dim=dim)
+        set_metadata(backbone, {**meta, "sonitor.role": "backbone"}, out_dim=dim)
         if sep is not None:
-            from export.separator_export import export_separator, separator_info
-
             sep_path = export_separator(sep, out / "separator.onnx")
             return ExportedEncoder(
                 full, frontend, backbone, dim, params, arch=arch_name(model),

@@ -20,13 +20,13 @@ import numpy as np
 
 from export.onnx_export import (
     ExportedEncoder,
-    ExportError,
     Tolerance,
     check_parity,
     export_encoder,
     find_frontend,
     torch_embed,
 )
+from export.onnx_graph import ExportError
 from monitor import __version__
 from monitor.model.enroll import (
     DEFAULT_MAX_BANK,
@@ -95,10 +95,10 @@ def _machine_bank(spec: MachineSpec, max_bank: int, method: str, q: float):
     name, params = scorer_spec(spec.scorer)
     scorer, kept = spec.scorer, np.arange(len(x))
     if len(x) > max_bank and not name.startswith("mahalanobis"):  # as monitor.model.enroll does
-        from monitor.model.enroll import make_scorer
+        from monitor.model.enroll import scorer_from_spec
 
         kept = subsample_bank(x, doms, max_bank, metric=params.get("metric", "euclidean"))
-        scorer = make_scorer(name, params).fit(x[kept], [d or None for d in doms[kept]])
+        scorer = scorer_from_spec(name, params).fit(x[kept], [d or None for d in doms[kept]])
     scores = calibration_scores(scorer, x, kept)
     cal = calibrate(scores, method=method, q=q)
     return Bank(x[kept], doms[kept], name, params, scorer.to_arrays(), scores[kept]), cal

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from export.onnx_export import ExportError
+from export.onnx_graph import ExportError
 from export.package_writer import MachineSpec
 from monitor.errors import CheckpointError
 from monitor.model.package import load_bank, save_bank, utc_now, validate_machine_name
@@ -148,7 +148,7 @@ def load_run(path: str | Path) -> Run:
     """Read a run directory; every problem is a CheckpointError naming the file."""
     from safetensors.torch import load_file
 
-    from monitor.model.scoring import make_scorer, scorer_from_arrays
+    from monitor.model.scoring import scorer_by_name, scorer_from_arrays
 
     path = Path(path)
     mpath = path / "run.json"
@@ -190,7 +190,7 @@ def load_run(path: str | Path) -> Run:
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{bpath}: bad scorer arrays ({exc})") from None
         if not scorer.is_fitted:
-            scorer = make_scorer(bank.scorer_name, **bank.scorer_params).fit(
+            scorer = scorer_by_name(bank.scorer_name, **bank.scorer_params).fit(
                 bank.embeddings, bank.domain_list()
             )
         machines.append(MachineSpec(name, bank.embeddings, bank.domain_list(), scorer))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.onnx_export import ExportError, _export, _set_metadata
+from export.onnx_graph import ExportError, export_graph, set_metadata
 from training.separator.masking import Separator, StreamingSeparator
 
 META_SEPARATOR = "sonitor.separator"  # read by monitor.model.runtime.Embedder
@@ -47,14 +47,14 @@ def export_separator(sep: Separator, path: str | Path, example_frames: int = 64)
     n_mels = int(sep.mel.mel_scale.fb.shape[1])
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(2, n_mels, example_frames + 2 * sep.context, generator=gen) * 10 - 40
-    _export(
+    export_graph(
         StreamingSeparator(sep),
         example,
         path,
         ("frames", "separated"),
         {"frames": {0: "batch", 2: "frames"}, "separated": {0: "batch", 2: "out_frames"}},
     )
-    _set_metadata(
+    set_metadata(
         path, {META_SEPARATOR: json.dumps(separator_info(sep)), "sonitor.role": "separator"}
     )
     return path

@@ -7,4 +7,4 @@ import os
 # any module imports onnxruntime; a user's explicit setting wins.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version number: pyproject.toml reads it from here

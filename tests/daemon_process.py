@@ -256,7 +256,7 @@ def daemon_on_a_file(
     """
     import threading
 
-    from monitor.config.schema import load_config
+    from monitor.config import load_config
     from monitor.daemon.daemon import Daemon
     from monitor.outputs.prometheus import Metrics
     from monitor.outputs.sdnotify import Notifier

@@ -125,7 +125,7 @@ def make_tiny_package(
     """
     from export.package_writer import Int8Files, MachineSpec, write_package
     from monitor.model.runtime import Embedder
-    from monitor.model.scoring import make_scorer
+    from monitor.model.scoring import scorer_by_name
 
     enc = exported_tiny_encoder()
     embedder = Embedder({"encoder": enc.full}, threads=1)
@@ -139,7 +139,7 @@ def make_tiny_package(
             doms += ["target"] * n_target
         x = np.concatenate([embedder.embed(waves[i : i + 16]) for i in range(0, len(waves), 16)])
         params = dict(scorer_params or ({"k": 8, "metric": "cosine"} if "knn" in scorer else {}))
-        fitted = make_scorer(scorer, **params).fit(x, domains=doms)
+        fitted = scorer_by_name(scorer, **params).fit(x, domains=doms)
         specs.append(MachineSpec(m, x, doms, fitted, {"synthetic": True}))
     q8 = None
     if int8:

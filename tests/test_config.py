@@ -10,14 +10,14 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from monitor.config.example import generate
-from monitor.config.schema import (
+from monitor.config import (
     Config,
     FileSource,
     format_loc,
     load_config,
     parse_config,
 )
+from monitor.config.example import generate
 from monitor.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ from daemon_process import daemon_on_a_file, machine_audio, write_config, write_
 from package_fixtures import exported_tiny_encoder, make_tiny_package
 
 from monitor.audio.capture import DeviceSourceSpec, FileSourceSpec
-from monitor.config.schema import load_config, parse_config
+from monitor.config import load_config, parse_config
+from monitor.daemon.channel import ScoreSmoother
 from monitor.daemon.wiring import (
     Pipeline,
-    ScoreSmoother,
     alert_policy,
     capture_groups,
     clip_policy,
@@ -144,12 +144,12 @@ def identity_separator(path: Path) -> Path:
 def test_separator_package_runs_per_window_through_the_separator(tmp_path: Path) -> None:
     from export.package_writer import MachineSpec, write_package
     from monitor.model.runtime import Embedder
-    from monitor.model.scoring import make_scorer
+    from monitor.model.scoring import scorer_by_name
 
     enc = exported_tiny_encoder()
     waves = np.stack([machine_audio("fan", 2, seed=i) for i in range(16)])
     x = Embedder({"encoder": enc.full}).embed(waves)
-    scorer = make_scorer("rescaled_knn", k=4, metric="cosine").fit(x)
+    scorer = scorer_by_name("rescaled_knn", k=4, metric="cosine").fit(x)
     pkg = write_package(
         tmp_path / "pkg",
         enc,

@@ -2,7 +2,7 @@
 
 One run of the real command at `--quick` sizes (about half a minute of CPU) is shared by the
 tests that need a trained package; the MQTT and no-fault runs reuse its package and replay
-through the same daemon step (`training.demo.run_replay`), which takes seconds. The verdict
+through the same daemon step (`export.run_replay`), which takes seconds. The verdict
 logic is also checked on scripted events, so a demo that cannot fail would be caught.
 """
 
@@ -21,10 +21,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from export import demo
+from export.demo_replay import (
+    EventRecord,
+    Recordings,
+    ReplayRun,
+    WindowScore,
+    bar,
+    judge,
+    run_replay,
+)
 from monitor.alerting.machine import AlertEvent
 from monitor.audio.io import load_audio
-from monitor.config.schema import load_config
-from training import demo
+from monitor.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
@@ -108,8 +117,8 @@ def test_replay_without_fault_fails_with_a_clear_message(trained: Path) -> None:
     rec = demo.make_recordings(trained, "pump", demo.QUICK, 0, None, 0.3)
     cfg = demo.write_config(trained / "config.yaml", trained / "package", rec, "pump")
     lines: list[str] = []
-    run = demo.run_replay(cfg, rec, lines.append)
-    ok, message = demo.judge(run, rec, demo.QUICK.hop_seconds)
+    run = run_replay(cfg, rec, lines.append)
+    ok, message = judge(run, rec, demo.QUICK.hop_seconds)
     assert not ok
     assert message.startswith("FAIL: no alert, as expected without a fault"), message
     assert len(run.windows) > 50 and not run.events
@@ -138,9 +147,9 @@ def test_demo_replay_publishes_the_alert_over_mqtt(trained: Path, broker: object
             mqtt_port=broker.port,  # type: ignore[attr-defined]
             topic_prefix=prefix,
         )
-        run = demo.run_replay(cfg, rec, lambda s: None)
+        run = run_replay(cfg, rec, lambda s: None)
         assert run.published is True and run.topic == f"{prefix}/pump/events"
-        ok, message = demo.judge(run, rec, demo.QUICK.hop_seconds)
+        ok, message = judge(run, rec, demo.QUICK.hop_seconds)
         assert ok, message
         got = sub.collect(
             lambda msgs: any(json.loads(m.payload)["type"] == "end" for m in msgs), timeout=15
@@ -182,12 +191,12 @@ def _event(type_: str, t: float, start: float | None = None) -> AlertEvent:
                       peak_score=2.0, windows_above=3, windows=5)  # fmt: skip
 
 
-def _scripted(starts: list[float], fault: bool = True) -> tuple[demo.ReplayRun, demo.Recordings]:
-    rec = demo.Recordings(Path("n.wav"), Path("r.wav"), {"type": "bearing"} if fault else None,
+def _scripted(starts: list[float], fault: bool = True) -> tuple[ReplayRun, Recordings]:
+    rec = Recordings(Path("n.wav"), Path("r.wav"), {"type": "bearing"} if fault else None,
                           40.0, 60.0, 90.0)  # fmt: skip
-    run = demo.ReplayRun(window_seconds=4.0, n_of_m=(3, 5), threshold=1.0)
-    run.windows = [demo.WindowScore(t, 0.5, 0.5, "idle", None) for t in np.arange(4.0, 90.0, 1.0)]
-    run.events = [demo.EventRecord(_event("start", t + 1000.0), {}, 1000.0) for t in starts]
+    run = ReplayRun(window_seconds=4.0, n_of_m=(3, 5), threshold=1.0)
+    run.windows = [WindowScore(t, 0.5, 0.5, "idle", None) for t in np.arange(4.0, 90.0, 1.0)]
+    run.events = [EventRecord(_event("start", t + 1000.0), {}, 1000.0) for t in starts]
     return run, rec
 
 
@@ -205,15 +214,15 @@ def _scripted(starts: list[float], fault: bool = True) -> tuple[demo.ReplayRun, 
 )
 def test_judge(starts: list[float], fault: bool, ok: bool, words: str) -> None:
     run, rec = _scripted(starts, fault)
-    got_ok, message = demo.judge(run, rec, hop_seconds=1.0)
+    got_ok, message = judge(run, rec, hop_seconds=1.0)
     assert got_ok is ok and message.startswith(words), message
 
 
 def test_bar_marks_the_threshold() -> None:
-    assert demo.bar(0.0, width=30) == "[" + " " * 10 + "|" + " " * 19 + "]"
-    assert demo.bar(2.0, width=30) == "[" + "#" * 20 + " " * 10 + "]"
-    assert demo.bar(9.0, width=30) == "[" + "#" * 30 + "]"
-    assert demo.bar(float("nan"), width=4) == "[????]"
+    assert bar(0.0, width=30) == "[" + " " * 10 + "|" + " " * 19 + "]"
+    assert bar(2.0, width=30) == "[" + "#" * 20 + " " * 10 + "]"
+    assert bar(9.0, width=30) == "[" + "#" * 30 + "]"
+    assert bar(float("nan"), width=4) == "[????]"
 
 
 def test_quick_sizes_keep_the_demo_grid_and_calibration_sane() -> None:

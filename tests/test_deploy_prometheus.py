@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitor.config.schema import MetricsConfig
+from monitor.config import MetricsConfig
 from monitor.outputs.prometheus import METRICS, PREFIX
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"

@@ -189,7 +189,7 @@ def test_exec_lines_match_the_cli_and_the_installer() -> None:
 
 
 def test_timeouts_fit_the_daemon() -> None:
-    from monitor.config.schema import HealthConfig
+    from monitor.config import HealthConfig
     from monitor.daemon import daemon
 
     # SIGTERM: capture stop (1 s per device group), flush (FLUSH_TIMEOUT_S + 2 s join), MQTT

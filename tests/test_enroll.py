@@ -78,11 +78,11 @@ def test_enroll_a_new_machine_from_a_folder(pkg_dir, tmp_path, capsys):
     assert valve.bank.embeddings.shape == (24, 192) and valve.threshold > 0
     assert valve.bank.domains.tolist() == ["source"] * 24
     assert pkg.model_version != before.model_version
-    hist = pkg.manifest["machines"]["valve"]["history"]
+    hist = pkg.manifest.machines["valve"].history
     assert hist[-1]["action"] == "enroll" and hist[-1]["n_added"] == 24
     # other machines untouched, byte for byte
     for rel in ("machines/fan/bank.npz", "encoder.onnx"):
-        assert pkg.manifest["files"][rel] == before.manifest["files"][rel]
+        assert pkg.manifest.files[rel] == before.manifest.files[rel]
     # the new machine's scorer is the package default (rescaled k-NN): normal below anomalous
     emb = Embedder(pkg)
     normal = valve.score(emb.embed(synthetic_machine_audio("valve", 6, 2.0, seed=9)))
@@ -137,7 +137,7 @@ def test_coreset_bounds_the_bank_and_measures_the_change(pkg_dir):
     assert 0 < sub["decision_agreement"] <= 1.0 and sub["threshold_full"] > 0
     fan = ModelPackage.load(pkg_dir).machine("fan")
     assert len(fan.bank.embeddings) == 48
-    hist = ModelPackage.load(pkg_dir).manifest["machines"]["fan"]["history"][-1]
+    hist = ModelPackage.load(pkg_dir).manifest.machines["fan"].history[-1]
     assert hist["subsample"]["spearman_vs_full"] == pytest.approx(sub["spearman_vs_full"])
 
 
@@ -151,12 +151,12 @@ def test_subsample_keeps_a_small_target_domain():
 
 
 def test_calibration_scores_are_leave_one_out_for_kept_points():
-    from monitor.model.scoring import make_scorer
+    from monitor.model.scoring import scorer_by_name
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(50, 4))
     kept = np.arange(0, 50, 2)
-    sc = make_scorer("knn", k=1, metric="euclidean").fit(x[kept])
+    sc = scorer_by_name("knn", k=1, metric="euclidean").fit(x[kept])
     s = en.calibration_scores(sc, x, kept)
     d = np.linalg.norm(x[:, None] - x[kept][None], axis=2)
     d[kept, np.arange(len(kept))] = np.inf  # a kept point never meets itself
@@ -417,7 +417,7 @@ def test_score_real_recordings(pkg_dir, capsys):
 
 def test_manifest_history_is_json_serialisable(pkg_dir):
     en.enroll(pkg_dir, "fan", waveforms=[("x", synthetic_machine_audio("fan", 1, 4.0)[0])])
-    json.dumps(ModelPackage.load(pkg_dir).manifest)
+    json.dumps(ModelPackage.load(pkg_dir).manifest.to_dict())
 
 
 def test_errors_reach_the_user_through_the_sonitor_command(tmp_path, monkeypatch, capsys):
@@ -455,4 +455,4 @@ def test_concurrent_enrolments_do_not_lose_updates(pkg_dir):
     assert [p.wait(120) for p in procs] == [0, 0]
     fan = ModelPackage.load(pkg_dir).machine("fan")
     assert len(fan.bank.embeddings) == 64 + 10
-    assert len(ModelPackage.load(pkg_dir).manifest["machines"]["fan"]["history"]) == 3
+    assert len(ModelPackage.load(pkg_dir).manifest.machines["fan"].history) == 3

@@ -8,13 +8,13 @@ import torch
 from package_fixtures import exported_tiny_encoder, synthetic_machine_audio, tiny_torch_model
 
 from export.onnx_export import (
-    ExportError,
     Tolerance,
     check_parity,
     export_encoder,
     find_frontend,
     torch_embed,
 )
+from export.onnx_graph import ExportError
 from monitor.audio import frontend as fe
 from monitor.errors import PackageError
 from monitor.model.runtime import Embedder, FrameStream, embed_recording
@@ -191,11 +191,11 @@ def test_int8_quantizes_weight_matmuls_but_not_the_front_end(int8_full):
 def test_int8_drift_is_measured_and_small(enc, int8_full):
     from export.package_writer import MachineSpec
     from export.quantize import check_drift, measure_drift
-    from monitor.model.scoring import make_scorer
+    from monitor.model.scoring import scorer_by_name
 
     fp = Embedder({"encoder": enc.full})
     bank = fp.embed(_clips(32, 2.0, seed=1))
-    spec = MachineSpec("fan", bank, ["source"] * 32, make_scorer("knn", k=2).fit(bank))
+    spec = MachineSpec("fan", bank, ["source"] * 32, scorer_by_name("knn", k=2).fit(bank))
     queries = np.concatenate(
         [_clips(8, 2.0, seed=2), synthetic_machine_audio("fan", 8, 2.0, seed=3, anomalous=True)]
     )

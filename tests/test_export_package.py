@@ -14,12 +14,13 @@ import pytest
 import torch
 from package_fixtures import synthetic_machine_audio
 
-from export.onnx_export import ExportError, Tolerance, torch_embed
+from export.onnx_export import Tolerance, torch_embed
+from export.onnx_graph import ExportError
 from export.package_writer import MachineSpec, build_package
 from monitor.audio.io import write_wav
 from monitor.model import enroll as en
 from monitor.model.package import ModelPackage
-from monitor.model.scoring import make_scorer
+from monitor.model.scoring import scorer_by_name
 
 
 def _cli(argv: list[str]) -> int:
@@ -81,7 +82,7 @@ def trained():
     specs = []
     for m in ("fan", "pump"):
         x = torch_embed(model, synthetic_machine_audio(m, 24, 2.0, seed=2))
-        specs.append(MachineSpec(m, x, ["source"] * 24, make_scorer("knn", k=2).fit(x)))
+        specs.append(MachineSpec(m, x, ["source"] * 24, scorer_by_name("knn", k=2).fit(x)))
     return model, specs
 
 
@@ -95,7 +96,7 @@ def test_round_trip_train_export_score(trained, tmp_path, capsys):
     assert report["embeddings"]["split"]["rel_max_abs_diff"] < 1e-4
     assert set(report["scores"]) == {"fan", "pump"}
     pkg = ModelPackage.load(path)
-    assert pkg.manifest["parity"]["embeddings"]["full"]["max_abs_diff"] >= 0
+    assert pkg.manifest.parity["embeddings"]["full"]["max_abs_diff"] >= 0
     clips = np.concatenate(
         [
             synthetic_machine_audio("fan", 3, 2.0, seed=3),
@@ -153,7 +154,7 @@ def test_int8_package_with_drift(trained, tmp_path):
     assert all(m["spearman"] > 0.9 for m in drift["machines"].values())
     pkg = ModelPackage.load(path)
     assert pkg.precision == "int8" and pkg.encoder_file().name == "encoder.int8.onnx"
-    assert pkg.manifest["encoder"]["int8"]["drift"]["embedding"]["min_cosine"] > 0.99
+    assert pkg.manifest.encoder.int8.drift["embedding"]["min_cosine"] > 0.99
     x = synthetic_machine_audio("fan", 2, 2.0, seed=8)
     a = en.score_files(pkg, "fan", [write_wav(tmp_path / "x.wav", x[0], subtype="FLOAT")])[0]
     b = en.score_files(
@@ -225,7 +226,7 @@ def test_export_from_official_weights_then_enroll(tmp_path, capsys):
         == 0
     )
     pkg = ModelPackage.load(tmp_path / "pkg")
-    assert pkg.machines == [] and pkg.manifest["scorer"]["params"]["metric"] == "euclidean"
+    assert pkg.machines == [] and pkg.manifest.scorer.params["metric"] == "euclidean"
     audio = write_wav(tmp_path / "valve.wav", synthetic_machine_audio("valve", 1, 40.0)[0])
     assert (
         _cli(
@@ -264,7 +265,7 @@ def test_export_from_data_with_int8(tmp_path, capsys):
     pkg = ModelPackage.load(tmp_path / "pkg")
     assert pkg.machines == ["fan", "pump"] and pkg.window_seconds == 2.0
     assert pkg.machine("fan").bank.domains.tolist().count("target") == 2
-    drift = pkg.manifest["encoder"]["int8"]["drift"]
+    drift = pkg.manifest.encoder.int8.drift
     assert "official_score_change" in drift
     assert drift["machines"]["fan"]["clips"] == "labelled test clips"
     assert (tmp_path / "run" / "run.json").is_file()
@@ -281,7 +282,7 @@ def test_package_with_a_separator(tmp_path, lowpass_onnx):
     enc = exported_tiny_encoder()
     plain = Embedder({"encoder": enc.full})
     bank = plain.embed(synthetic_machine_audio("fan", 16, 2.0))
-    spec = MachineSpec("fan", bank, ["source"] * 16, make_scorer("knn", k=2).fit(bank))
+    spec = MachineSpec("fan", bank, ["source"] * 16, scorer_by_name("knn", k=2).fit(bank))
     path = write_package(
         tmp_path / "pkg", enc, [spec], recipe="t", window_seconds=2.0, hop_seconds=0.5,
         separator=sep,

@@ -54,12 +54,57 @@ def test_load_exposes_what_the_daemon_needs(base):
     assert fan.threshold > 0 and fan.bank.embeddings.shape == (64, 192)
     # the scorer scores the bank's own members below the threshold mostly (LOO calibration)
     assert np.mean(fan.score(fan.bank.embeddings) < fan.threshold) > 0.5
-    m = pkg.manifest
+    m = pkg.manifest.to_dict()
     for key in ("format_version", "created", "training_data", "files", "recipe", "frontend"):
         assert key in m
     assert all(len(v["sha256"]) == 64 for v in m["files"].values())
     # the version is the manifest's hash: stable across loads
     assert ModelPackage.load(base).model_version == pkg.model_version
+
+
+def test_manifest_is_typed_and_round_trips(base):
+    """`Manifest.to_dict` writes back exactly the JSON `Manifest.from_dict` read."""
+    raw = json.loads((base / "manifest.json").read_text())
+    m = pk.Manifest.load(base)
+    assert m.to_dict() == raw and pk.Manifest.from_dict(raw) == m
+    assert m.encoder.full == "encoder.onnx" and m.frontend.hop_length == 160
+    assert m.machines["fan"].bank == "machines/fan/bank.npz" and m.machines["fan"].history
+    assert m.files["encoder.onnx"].sha256 == raw["files"]["encoder.onnx"]["sha256"]
+    assert m.digest == ModelPackage.load(base).manifest.digest
+    assert ModelPackage.load(base).model_version == m.digest[:12]
+
+
+def test_manifest_keeps_keys_it_does_not_know(base):
+    raw = json.loads((base / "manifest.json").read_text())
+    raw["from_a_newer_writer"] = {"x": 1}
+    raw["encoder"]["future"] = [1, 2]
+    raw["machines"]["fan"]["note"] = "kept"
+    assert pk.Manifest.from_dict(raw).to_dict() == raw
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["machines"]["fan"].pop("bank"), r"machines\['fan'\]: missing key 'bank'"),
+        (lambda m: m["frontend"].__setitem__("n_mels", 0), "frontend.n_mels must be positive"),
+        (lambda m: m["files"].pop("encoder.onnx"), "encoder.full = 'encoder.onnx' is not listed"),
+        (lambda m: m["machines"]["fan"].__setitem__("history", {}), "'history' must be a list"),
+    ],
+)
+def test_manifest_errors_name_the_file_and_key(base, edit, message):
+    raw = json.loads((base / "manifest.json").read_text())
+    edit(raw)
+    with pytest.raises(PackageError, match=r"^somewhere/manifest\.json: .*" + message):
+        pk.Manifest.from_dict(raw, "somewhere/manifest.json")
+
+
+def test_writer_refuses_a_manifest_that_would_not_load(base, tmp_path):
+    """A machine whose files were never staged: nothing is swapped in."""
+    m = pk.Manifest.load(base)
+    with pytest.raises(PackageError, match="is not listed"), PackageWriter(tmp_path / "p") as w:
+        w.add_file("encoder.onnx", base / "encoder.onnx")
+        w.commit(m)
+    assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.staging-*"))
 
 
 def test_missing_package_and_manifest(tmp_path):
@@ -153,10 +198,10 @@ def test_wrong_embedding_size_in_manifest(pkg_dir):
 
 def test_wrong_embedding_size_of_the_encoder(pkg_dir, tmp_path):
     """Banks and manifest agree on 100-d, but the ONNX encoder gives 192-d embeddings."""
-    from monitor.model.scoring import make_scorer
+    from monitor.model.scoring import scorer_by_name
 
     x = np.random.default_rng(0).standard_normal((20, 100)).astype(np.float32)
-    scorer = make_scorer("knn").fit(x)
+    scorer = scorer_by_name("knn").fit(x)
     writer = PackageWriter(tmp_path / "bad")
     m = json.loads((pkg_dir / "manifest.json").read_text())
     for rel in m.pop("files"):
@@ -282,7 +327,7 @@ def test_archive_with_unsafe_members_is_refused(tmp_path):
 def _rewrite(pkg_dir: Path, marker: str, before_swap=None) -> None:
     """Rewrite the package with one changed field (a complete new version)."""
     old = ModelPackage.load(pkg_dir, check_encoder=False)
-    m = dict(old.manifest)
+    m = old.manifest.to_dict()
     files = m.pop("files")
     m["training_data"] = {"marker": marker}
     with PackageWriter(pkg_dir) as w:
@@ -295,7 +340,7 @@ def test_rewrite_swaps_in_a_new_version(pkg_dir):
     v0 = ModelPackage.load(pkg_dir).model_version
     _rewrite(pkg_dir, "v1")
     new = ModelPackage.load(pkg_dir)
-    assert new.manifest["training_data"] == {"marker": "v1"} and new.model_version != v0
+    assert new.manifest.training_data == {"marker": "v1"} and new.model_version != v0
     assert not list(pkg_dir.parent.glob(".pkg.*"))  # no staging or backup left behind
 
 
@@ -343,21 +388,21 @@ def test_kill_during_write_leaves_the_old_package(pkg_dir, tmp_path):
     assert ModelPackage.load(pkg_dir).model_version == v0  # ... was never swapped in
     _rewrite(pkg_dir, "v2")  # the next write cleans the stale stage up
     assert not stage.exists()
-    assert ModelPackage.load(pkg_dir).manifest["training_data"] == {"marker": "v2"}
+    assert ModelPackage.load(pkg_dir).manifest.training_data == {"marker": "v2"}
 
 
 def test_fallback_swap_without_renameat2(pkg_dir, monkeypatch):
     """Where RENAME_EXCHANGE is unsupported: two renames, and recovery if killed in between."""
-    monkeypatch.setattr(pk, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(pk.writer, "_exchange", lambda a, b: False)
     _rewrite(pkg_dir, "v1")
-    assert ModelPackage.load(pkg_dir).manifest["training_data"] == {"marker": "v1"}
+    assert ModelPackage.load(pkg_dir).manifest.training_data == {"marker": "v1"}
     # simulate a crash between the fallback's two renames: only the moved-aside copy exists
     backup = pkg_dir.parent / f".{pkg_dir.name}.old-deadbeef"
     os.rename(pkg_dir, backup)
     with pytest.raises(PackageError, match="interrupted write left the previous version"):
         ModelPackage.load(pkg_dir)
     pk.recover_interrupted(pkg_dir)
-    assert ModelPackage.load(pkg_dir).manifest["training_data"] == {"marker": "v1"}
+    assert ModelPackage.load(pkg_dir).manifest.training_data == {"marker": "v1"}
     assert not backup.exists()
 
 
@@ -376,10 +421,10 @@ def test_machine_names_are_checked(name):
 
 
 def test_no_torch_in_runtime_modules():
-    src = "\n".join(
-        (Path(pk.__file__).parents[1] / f).read_text()
-        for f in ("model/package.py", "model/runtime.py", "model/enroll.py", "cli/package.py")
-    )
+    monitor = Path(pk.__file__).parents[2]
+    files = [*(monitor / "model" / "package").glob("*.py"), monitor / "model" / "runtime.py"]
+    files += [monitor / "model" / "enroll.py", monitor / "cli" / "package.py"]
+    src = "\n".join(f.read_text() for f in files)
     assert not re.search(r"^\s*(import|from)\s+(torch|training|export)\b", src, re.M)
 
 

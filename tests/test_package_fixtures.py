@@ -12,7 +12,7 @@ from monitor.model.runtime import Embedder, embed_recording
 def test_tiny_package_is_real_and_separates_anomalies(tmp_path):
     path = make_tiny_package(tmp_path / "pkg", machines=("fan", "pump"), n_target=4)
     pkg = ModelPackage.load(path)
-    assert pkg.manifest["encoder"]["arch"] == "ced-tiny"
+    assert pkg.manifest.encoder.arch == "ced-tiny"
     assert pkg.machines == ["fan", "pump"]
     assert (pkg.machine("fan").bank.domains == "target").sum() == 4
     emb = Embedder(pkg)
@@ -48,7 +48,7 @@ def test_int8_and_archive_options(tmp_path):
         tmp_path / "pkg", machines=("valve",), n_bank=24, int8=True, archive=tmp_path / "p.tar"
     )
     pkg = ModelPackage.load(tmp_path / "p.tar")
-    assert pkg.manifest["encoder"]["int8"]["full"] == "encoder.int8.onnx"
+    assert pkg.manifest.encoder.int8.full == "encoder.int8.onnx"
     assert pkg.model_version == ModelPackage.load(path).model_version
     x = synthetic_machine_audio("valve", 2, 2.0)
     a, b = Embedder(pkg, precision="int8").embed(x), Embedder(pkg).embed(x)

@@ -19,7 +19,7 @@ from monitor.model.scoring import (
     MahalanobisScorer,
     RescaledKNNScorer,
     coreset_subsample,
-    make_scorer,
+    scorer_by_name,
     scorer_from_arrays,
 )
 
@@ -207,15 +207,15 @@ def test_duplicates_do_not_divide_by_zero():
 
 
 def test_chunking_gives_the_same_scores(monkeypatch, data):
-    import monitor.model.scoring as scoring
+    from monitor.model.scoring import distances
 
     X, Q = data
     dom = domains_for(30, 8)
     scorers = [
-        make_scorer(name, k=3) for name in ("knn", "rescaled_knn", "rescaled_knn_domainwise")
+        scorer_by_name(name, k=3) for name in ("knn", "rescaled_knn", "rescaled_knn_domainwise")
     ]
     unchunked = [(s.fit(X, dom).score_samples(Q), s.loo_scores()) for s in scorers]
-    monkeypatch.setattr(scoring, "_CHUNK_ENTRIES", 40)  # one row per chunk
+    monkeypatch.setattr(distances, "_CHUNK_ENTRIES", 40)  # one row per chunk
     for s, (scores, loo) in zip(scorers, unchunked, strict=True):
         s.fit(X, dom)
         np.testing.assert_allclose(s.score_samples(Q), scores, rtol=1e-12)
@@ -349,7 +349,7 @@ def test_robust_reweighting_equals_sklearn_from_the_same_raw_support(n, p, seed)
     MinCovDet's final location, covariance and support to rounding."""
     from sklearn.covariance import MinCovDet
 
-    from monitor.model.mcd import mcd_reweight
+    from monitor.model.scoring.mcd import mcd_reweight
 
     X, _ = contaminated(n, p, seed)
     sk = MinCovDet(random_state=seed).fit(X)
@@ -392,14 +392,14 @@ def test_higher_score_means_more_anomalous(name):
     rng = np.random.default_rng(12)
     X, Q = 3 + 0.3 * rng.standard_normal((30, 5)), 3 + 0.3 * rng.standard_normal((10, 5))
     far = np.array([[3.0, -3.0, 3.0, -3.0, 3.0]])  # far in both direction and distance
-    s = make_scorer(name).fit(X, domains_for(30))
+    s = scorer_by_name(name).fit(X, domains_for(30))
     assert s.score_samples(far)[0] > s.score_samples(Q).max()
 
 
 @pytest.mark.parametrize("name", SCORER_NAMES)
 def test_loo_is_positive_and_never_self(name, data):
     X, _ = data
-    s = make_scorer(name).fit(X, domains_for(30))
+    s = scorer_by_name(name).fit(X, domains_for(30))
     loo = s.loo_scores()
     assert loo.shape == (30,) and np.all(loo > 0)
     if "knn" in name:  # in-sample every bank point finds itself at distance 0
@@ -420,8 +420,8 @@ def domains_for(n, n_target=5):
 def test_partial_fit_equals_fit_on_concatenation(name, data):
     X, Q = data
     params = {} if name.startswith("mahal") else {"k": 3}
-    whole = make_scorer(name, **params).fit(X, domains_for(20, 4) + domains_for(10, 4))
-    part = make_scorer(name, **params).fit(X[:20], domains_for(20, 4))
+    whole = scorer_by_name(name, **params).fit(X, domains_for(20, 4) + domains_for(10, 4))
+    part = scorer_by_name(name, **params).fit(X[:20], domains_for(20, 4))
     part.partial_fit(X[20:], domains_for(10, 4))
     np.testing.assert_allclose(part.score_samples(Q), whole.score_samples(Q), rtol=1e-9)
 
@@ -429,7 +429,7 @@ def test_partial_fit_equals_fit_on_concatenation(name, data):
 @pytest.mark.parametrize("name", SCORER_NAMES)
 def test_round_trip_through_npz(name, data, tmp_path):
     X, Q = data
-    s = make_scorer(name).fit(X, domains_for(30))
+    s = scorer_by_name(name).fit(X, domains_for(30))
     arrays = s.to_arrays()
     assert all(a.dtype.kind != "O" for a in arrays.values())
     np.savez(tmp_path / "s.npz", **arrays)
@@ -466,16 +466,16 @@ def test_bad_arrays_name_the_key(data):
         scorer_from_arrays({**arrays, "domainwise": np.array(True)})
 
 
-def test_make_scorer_registry():
-    assert isinstance(make_scorer("knn", k=5), KNNScorer)
-    assert make_scorer("rescaled_knn_domainwise").domainwise is True
-    assert make_scorer("mahalanobis_robust").covariance == "robust"
+def test_scorer_by_name_registry():
+    assert isinstance(scorer_by_name("knn", k=5), KNNScorer)
+    assert scorer_by_name("rescaled_knn_domainwise").domainwise is True
+    assert scorer_by_name("mahalanobis_robust").covariance == "robust"
     with pytest.raises(ValueError, match="unknown scorer 'foo'.*knn"):
-        make_scorer("foo")
+        scorer_by_name("foo")
     with pytest.raises(ValueError, match="fixes"):
-        make_scorer("rescaled_knn", domainwise=True)
+        scorer_by_name("rescaled_knn", domainwise=True)
     with pytest.raises(ValueError, match="bad parameters"):
-        make_scorer("knn", kk=3)
+        scorer_by_name("knn", kk=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +485,7 @@ def test_make_scorer_registry():
 @pytest.mark.parametrize("name", SCORER_NAMES)
 def test_bad_inputs(name, data):
     X, _ = data
-    s = make_scorer(name)
+    s = scorer_by_name(name)
     with pytest.raises(ValueError, match="not fitted"):
         s.score_samples(X)
     with pytest.raises(ValueError, match="2-D.*x\\[None, :\\]"):
@@ -562,13 +562,13 @@ def test_coreset_keeps_rare_modes_and_handles_edges():
 
 
 def test_module_imports_only_numpy_and_scipy():
-    src = Path(__file__).resolve().parents[1] / "monitor" / "model" / "scoring.py"
-    tree = ast.parse(src.read_text())
+    package = Path(__file__).resolve().parents[1] / "monitor" / "model" / "scoring"
     roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            roots.add(node.module.split(".")[0])
+    for src in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(src.read_text())):
+            if isinstance(node, ast.Import):
+                roots |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                roots.add(node.module.split(".")[0])
     third_party = roots - {"__future__", "json", "math", "abc", "collections", "typing"}
     assert third_party <= {"numpy", "scipy", "monitor"}

@@ -16,7 +16,7 @@ from export.separator_export import export_separator, separator_parity
 from monitor.errors import PackageError
 from monitor.model.package import ModelPackage
 from monitor.model.runtime import Embedder, FrameStream, embed_recording
-from monitor.model.scoring import make_scorer
+from monitor.model.scoring import scorer_by_name
 from training.separator.masking import insert_separator
 from training.separator.mixtures import MixtureConfig
 from training.separator.train import TrainConfig, train_separator
@@ -46,7 +46,7 @@ def package(separator, tmp_path_factory):
     torch.manual_seed(0)
     model = insert_separator(CED("tiny").eval(), separator)
     x = torch_embed(model, synthetic_machine_audio("fan", 12, 2.0, seed=2))
-    spec = MachineSpec("fan", x, ["source"] * 12, make_scorer("knn", k=2).fit(x))
+    spec = MachineSpec("fan", x, ["source"] * 12, scorer_by_name("knn", k=2).fit(x))
     path, report = build_package(
         tmp_path_factory.mktemp("pkg") / "pkg", model, [spec], recipe="test",
         window_seconds=2.0, hop_seconds=0.5,

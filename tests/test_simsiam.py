@@ -22,7 +22,8 @@ from training.simsiam import (
     step_budget,
     train_simsiam,
 )
-from training.synth import plan, render_clip
+from training.synth import plan
+from training.synth_sound import render_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

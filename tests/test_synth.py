@@ -17,18 +17,8 @@ from monitor.audio.frontend import log_mel
 from monitor.audio.io import load_audio
 from monitor.errors import DataError
 from training.data import discover, parse_clip_name, read_attributes_csv, supplemental_kind
-from training.synth import (
-    ANOMALY_TYPES,
-    ClipSpec,
-    add_arguments,
-    draw_fault,
-    generate_dataset,
-    main,
-    plan,
-    recipe_for,
-    render_clip,
-    run,
-)
+from training.synth import add_arguments, generate_dataset, main, plan, run
+from training.synth_sound import ANOMALY_TYPES, ClipSpec, draw_fault, recipe_for, render_clip
 
 SR = 16000
 TINY = dict(

@@ -148,10 +148,10 @@ def test_gamma_calibration_on_real_leave_one_out_scores():
         pytest.skip(f"real recordings not found at {DATA} (shared data folder absent)")
     train = sorted((DATA / "train").glob("normal_*.wav"))
     X = np.stack([_log_spectrum_embedding(p) for p in train])
-    from monitor.model.scoring import make_scorer
+    from monitor.model.scoring import scorer_by_name
 
     for name in ("knn", "rescaled_knn"):  # (Mahalanobis in 64-D needs far more than 75 clips)
-        loo = make_scorer(name, metric="euclidean").fit(X).loo_scores()
+        loo = scorer_by_name(name, metric="euclidean").fit(X).loo_scores()
         cal = calibrate(loo, "gamma", 0.9)
         assert np.isfinite(cal.threshold) and cal.threshold > 0
         assert 0.02 <= np.mean(loo > cal.threshold) <= 0.2, name

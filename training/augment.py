@@ -1,4 +1,5 @@
-"""The second seed's augmentations (pitch shift, white noise, time masking), cheap on 2 CPU cores.
+"""The augmentations of Shin & Lee, "Two-stage contrastive learning for anomalous sound detection"
+(DCASE 2023): pitch shift, white noise, time masking, made cheap on 2 CPU cores.
 
 Where each one is applied, and why:
 - pitch shift: in the log-mel domain. Resampling the mel axis at the bands' centre frequencies
@@ -10,11 +11,11 @@ Where each one is applied, and why:
 - white Gaussian noise: in the waveform domain, then the crop's log-mel is recomputed. Noise adds
   random, frequency-resolved power (and cross terms) that no deterministic log-mel operation
   reproduces, and one extra log-mel of a short crop is cheap.
-- time masking: in the log-mel domain (the seed masks the mel-spectrogram), filling the span with
+- time masking: in the log-mel domain (the paper masks the mel-spectrogram), filling the span with
   the view's own minimum: zeroed audio would give the 10*log10(eps) floor (-157 dB), a value
   far outside real recordings that would dominate the network's input statistics.
 
-The report's "augmented set six times larger than the original" is read as two variants of each
+The paper's "augmented set six times larger than the original" is read as two variants of each
 of the three augmentations: pitch up / down, loud / quiet noise, 0.5 s / 1 s mask.
 Everything random comes from a caller's `torch.Generator`.
 """
@@ -38,7 +39,7 @@ KINDS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Ranges of the seed's augmentations (see module docstring)."""
+    """Ranges of Shin & Lee's augmentations (see module docstring)."""
 
     min_semitones: float = 1.0  # |shift| drawn uniformly in [min, max]; 12 = one octave
     max_semitones: float = 12.0
@@ -186,7 +187,7 @@ def seconds_to_frames(seconds: float, sample_rate: int, hop: int) -> int:
 
 
 class Augmenter:
-    """Makes the seed's augmented view of a batch of log-mel crops, one kind per item.
+    """Makes Shin & Lee's augmented view of a batch of log-mel crops, one kind per item.
 
     `logmel_fn(waves)` must turn the waveform crops given to `__call__` into exactly the log-mel
     crops given with them; it is only called for the noise kinds.

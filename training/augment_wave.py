@@ -1,5 +1,6 @@
-"""The first seed's waveform augmentations (section 3.2): gain, polarity inversion, pitch shift,
-time stretch, background noise from a noise folder and from the machine's noise-only clips.
+"""The waveform augmentations of Ozeki et al., "Anomalous sound detection method using
+contrastive learning" (DCASE 2025, section 3.2): gain, polarity inversion, pitch shift, time
+stretch, background noise from a noise folder and from the machine's noise-only clips.
 
 Why own torch code instead of audiomentations for pitch shift / time stretch: audiomentations
 0.43 runs librosa's phase vocoder one clip at a time in numpy; ours is the same algorithm on
@@ -12,9 +13,9 @@ line each on the whole batch (< 1 ms).
 Each augmentation has its own probability and range (`WaveAugmentConfig`, loadable from YAML or
 JSON); every random draw comes from the caller's `torch.Generator`, so runs are reproducible.
 Pitch shift and time stretch are OFF by default (p 0; ranges +-1 semitone and 0.9-1.1 kept for
-configs; `WaveAugmentConfig.seed_set()` has all six): invariance to a speed change erases the
-speed cues that mark some anomalies (asd-facts.md section 4). Measured on the SYNTHETIC
-benchmark with `stage2_ssl_supplemental`: all six 0.8015, without the two 0.8128
+configs; `WaveAugmentConfig.seed_set()` has all six): invariance to a speed change erases the speed
+cues that mark some anomalies (a shifted or missing harmonic is one of the faults). Measured on the
+SYNTHETIC benchmark with `stage2_ssl_supplemental`: all six 0.8015, without the two 0.8128
 (`benchmarks/results/stage2.md`).
 """
 
@@ -98,7 +99,7 @@ class WaveAugmentConfig:
 
     @classmethod
     def seed_set(cls) -> WaveAugmentConfig:
-        """All six of the seed's augmentations on (pitch shift and time stretch at p 0.3)."""
+        """All six augmentations of Ozeki et al. on (pitch shift and time stretch at p 0.3)."""
         specs = _default_specs()
         for name in SPEED:
             specs[name] = replace(specs[name], p=0.3)
@@ -180,7 +181,7 @@ def gain(x: torch.Tensor, db: torch.Tensor | float) -> torch.Tensor:
 
 
 def invert_polarity(x: torch.Tensor) -> torch.Tensor:
-    """Negate the waveform. Kept because the seed lists it, but a power-spectrogram front end
+    """Negate the waveform. Kept because Ozeki et al. list it, but a power-spectrogram front end
     (CED's, the ResNet's) gives the same input for -x as for x: for them it is a no-op."""
     return -x
 

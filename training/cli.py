@@ -1,11 +1,11 @@
-"""Training-side subcommands: `evaluate`, `synth`, `demo`. Registered via the entry point."""
+"""Training-side subcommands: `evaluate`, `synth`, `train-separator`, `separate`. Registered via
+the entry point."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import time
-from pathlib import Path
 
 from training.recipes.base import RecipeOptions
 from training.recipes.registry import RECIPES
@@ -117,17 +117,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return synth.run(args)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on a fresh machine: synthetic audio -> model -> package -> live alert."""
-    from monitor.errors import SonitorError
-    from training.demo import run_demo
-
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise SonitorError(f"--out {out}: exists and is not a folder")
-    return run_demo(args)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
@@ -164,22 +153,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     synth.add_arguments(p)
     p.set_defaults(handler=cmd_synth)
-
-    p = subparsers.add_parser(
-        "demo",
-        help="the main job end to end: synthetic audio -> model -> package -> daemon -> alert",
-        description=(
-            "Needs no microphone, broker or downloaded model. Generates SYNTHETIC machine "
-            "sound, trains the default recipe briefly, exports the ONNX package, enrols normal "
-            "sound, replays a recording with an injected fault through the daemon and prints "
-            "the live scores and the alert. Exit 0 only when the fault raised the alert and "
-            "nothing raised one before it."
-        ),
-    )
-    from training import demo
-
-    demo.add_arguments(p)
-    p.set_defaults(handler=cmd_demo)
 
     from training import cli_separator
 

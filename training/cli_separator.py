@@ -15,7 +15,7 @@ def cmd_train_separator(args: argparse.Namespace) -> int:
 
     from monitor.errors import DataError
     from training.data import discover, load_clips, supplemental_kind
-    from training.evaluate import subsample_train
+    from training.fit import subsample_train
     from training.recipes.base import MachineArrays
     from training.recipes.separation import separator_material
     from training.separator.masking import save_separator

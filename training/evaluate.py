@@ -19,19 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from monitor.errors import DataError
 from monitor.model.thresholds import calibrate
 from training import dcase_metrics as metrics
-from training.data import (
-    ClipInfo,
-    MachineData,
-    clip_kind,
-    discover,
-    load_clips,
-    supplemental_kind,
-)
-from training.recipes.base import MachineArrays, RecipeOptions
-from training.recipes.registry import make_recipe
+from training.data import load_clips
+from training.fit import FittedRecipe, fit_recipe
+from training.recipes.base import RecipeOptions
 
 log = logging.getLogger(__name__)
 
@@ -58,40 +50,6 @@ class Evaluation:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def subsample_train(clips: list[ClipInfo], n: int | None, seed: int) -> list[ClipInfo]:
-    """Keep at most n training clips, keeping every target clip (they are few and precious)."""
-    if n is None or len(clips) <= n:
-        return clips
-    target = [c for c in clips if c.domain == "target"]
-    rest = [c for c in clips if c.domain != "target"]
-    rng = np.random.default_rng(seed)
-    keep = max(n - len(target), 0)
-    idx = np.sort(rng.choice(len(rest), size=min(keep, len(rest)), replace=False))
-    return [rest[i] for i in idx] + target
-
-
-def _load_machine(
-    md: MachineData, use_supplemental: bool, max_train: int | None, seed: int, workers: int
-) -> MachineArrays:
-    train = subsample_train(md.train, max_train, seed)
-    if not train:
-        raise DataError(f"{md.machine}: no training clips found")
-    supp = None
-    kind = supplemental_kind(md.supplemental) if md.supplemental else None
-    if use_supplemental and md.supplemental:
-        supp = load_clips(md.supplemental, workers=workers)
-    return MachineArrays(
-        machine=md.machine,
-        waves=load_clips(train, workers=workers),
-        domains=[c.domain for c in train],
-        supplemental=supp,
-        supplemental_kind=kind,
-        supplemental_kinds=[clip_kind(c.path) for c in md.supplemental]
-        if supp is not None
-        else None,
-    )
-
-
 def _write_submission(out: Path, machine: str, files: list[str], scores, decisions) -> None:
     with open(out / f"anomaly_score_{machine}_section_00_test.csv", "w", newline="") as f:
         csv.writer(f).writerows(zip(files, (f"{s:.8g}" for s in scores), strict=True))
@@ -116,40 +74,21 @@ def evaluate(
     options = options or RecipeOptions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    found = discover(data_dir)
-    if machines:
-        unknown = sorted(set(machines) - set(found))
-        if unknown:
-            raise DataError(f"{data_dir}: no machine type(s) {unknown}; found {sorted(found)}")
-        found = {m: found[m] for m in machines}
-
-    rec, why = make_recipe(recipe, options)
-    log.info("recipe %s (%s)", rec.name, why)
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    arrays = {
-        m: _load_machine(md, rec.uses_supplemental, max_train, options.seed, workers)
-        for m, md in found.items()
-    }
-    timings["load_train_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    rec.prepare(arrays)
-    timings["prepare_s"] = time.perf_counter() - t0
-
     outcomes: list[MachineOutcome] = []
-    t_fit = t_score = 0.0
-    for m, md in found.items():
+    t_score = 0.0
+
+    def score_test(fitted: FittedRecipe, m: str) -> None:
+        """Calibrate and score one machine type as soon as it is fitted, then free its clips."""
+        nonlocal t_score
+        rec, md = fitted.recipe, fitted.machines[m]
         t0 = time.perf_counter()
-        rec.fit_machine(arrays[m])
         cal = calibrate(rec.train_scores(m), method=threshold_method, q=threshold_q)
-        t_fit += time.perf_counter() - t0
-        arrays[m].waves = np.empty((0, 0), np.float32)  # free memory early
+        fitted.timings["fit_s"] += time.perf_counter() - t0
+        fitted.arrays[m].waves = np.empty((0, 0), np.float32)  # free memory early
 
         if not md.test:
             log.warning("%s: no test clips; fitted only", m)
-            continue
+            return
         t0 = time.perf_counter()
         scores = np.asarray(rec.score(m, load_clips(md.test, workers=workers)), dtype=np.float64)
         t_score += time.perf_counter() - t0
@@ -168,7 +107,17 @@ def evaluate(
         outcomes.append(
             MachineOutcome(m, files, scores, decisions, cal.threshold, labels, domains, res)
         )
-    timings["fit_s"] = t_fit
+
+    fitted = fit_recipe(
+        data_dir,
+        recipe,
+        options,
+        machines=machines,
+        max_train=max_train,
+        workers=workers,
+        on_fitted=score_test,
+    )
+    rec, why, found, timings = fitted.recipe, fitted.why, fitted.machines, fitted.timings
     timings["score_s"] = t_score
 
     scored = [o.metrics for o in outcomes if o.metrics is not None]

@@ -1,7 +1,9 @@
 """Torch front-ends: waveform -> log-mel, ONNX-exportable.
 
 The STFT is a ``conv1d`` with a fixed windowed cos/sin kernel: it exports with both ONNX
-exporters and runs faster in onnxruntime than the ONNX ``STFT`` op (platform notes, probe 2).
+exporters (the complex ``torch.stft`` does not with TorchScript) and runs faster in onnxruntime
+than the ONNX ``STFT`` op (a 10 s clip through a small ViT encoder on one thread: 6.7 ms vs
+10.5 ms).
 Parameters come from :mod:`monitor.audio.frontend`, whose numpy functions are the reference.
 
 Module layout mirrors torchaudio's so that CED's original ``.pt`` buffers load by name:
@@ -155,7 +157,8 @@ class LogMel(nn.Module):
     """Generic log-mel in dB: ``[B, samples]`` -> ``[B, n_mels, frames]``.
 
     Defaults are librosa's (Slaney mel scale and norm), as used by the DCASE baseline
-    (n_fft 1024, hop 512, 128 mels) and the second seed (2048 / 512 / 128); ``amin`` defaults to
+    (n_fft 1024, hop 512, 128 mels) and Shin & Lee's two-stage contrastive learning (2048 / 512 /
+    128); ``amin`` defaults to
     the baseline's float64 epsilon floor. No ``top_db`` unless asked for.
     """
 

@@ -1,8 +1,9 @@
-"""SimCLR training of the ResNet-18 encoder, as the second seed does it (DCASE 2023, KNU).
+"""SimCLR training of the ResNet-18 encoder, as in Shin & Lee, "Two-stage contrastive learning
+for anomalous sound detection" (DCASE 2023).
 
-Each step takes `batch_size` clips; view 1 is the clip's log-mel crop as it is (the seed pairs
+Each step takes `batch_size` clips; view 1 is the clip's log-mel crop as it is (Shin & Lee pair
 ORIGINAL clips with augmented ones, unlike SimCLR's two augmented views; `anchor="augmented"`
-gives SimCLR's pairing), view 2 the same crop with one of the seed's augmentations
+gives SimCLR's pairing), view 2 the same crop with one of their augmentations
 (`training.augment`). Loss: NT-Xent over the 2B views (temperature 0.05). Optimiser: Adam with
 cosine annealing and warm restarts, 3 restarts over the run (4 equal cycles, stepped per batch).
 
@@ -268,7 +269,7 @@ def _check(
 
 
 class _Views:
-    """Builds the two views of a batch: crops from the cache, the seed's augmentations."""
+    """Builds the two views of a batch: crops from the cache, Shin & Lee's augmentations."""
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""SimSiam fine-tuning of an encoder (Chen & He, CVPR 2021), as the first seed's stage 2 uses it.
+"""SimSiam fine-tuning of an encoder (Chen & He, CVPR 2021), as stage 2 of Ozeki et al.,
+"Anomalous sound detection method using contrastive learning" (DCASE 2025) uses it.
 
 encoder -> projector (Linear-BN-ReLU, Linear-BN-ReLU, Linear-BN without affine) -> predictor
 (bottleneck dim -> dim/4 -> dim). Two views of one crop, each through its own random draw of

@@ -1,7 +1,8 @@
 """Which supplemental clips a machine has, and what stage 2 does with them.
 
 DCASE 2025 gives each machine type ~100 supplemental clips of ONE kind: clean machine sound
-(no background) or background noise only. They serve differently (first seed, section 3.3):
+(no background) or background noise only. They serve differently (Ozeki et al., "Anomalous
+sound detection method using contrastive learning", DCASE 2025, section 3.3):
 clean clips are extra normal material and the clean part for mixing with background noise;
 noise-only clips are background noise to mix into the training clips. The kind is read from the
 file names (`training.data.clip_kind`: `machine`/`clean` vs `noise`) or stated in the config

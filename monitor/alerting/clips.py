@@ -94,16 +94,9 @@ class _ClipFile:
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    try:  # the project's writer when present (one place that knows our audio conventions)
-        from monitor.audio.io import write_wav  # type: ignore[attr-defined]
-    except ImportError:
-        write_wav = None
-    if write_wav is not None:
-        write_wav(path, audio, sample_rate)
-        return
-    import soundfile as sf
+    from monitor.audio.io import write_wav  # the one place that knows our audio conventions
 
-    sf.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    write_wav(path, audio, sample_rate)
 
 
 class ClipWriter:

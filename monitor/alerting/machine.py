@@ -13,6 +13,7 @@ the window end time in epoch seconds), so every behaviour is reproducible from a
 from __future__ import annotations
 
 import math
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -143,6 +144,16 @@ def event_id_for(source: str, t: float, kind: EventKind = "anomaly") -> str:
     """Stable, readable id: ``<source>-<epoch_ms>`` (``<source>-<kind>-<ms>`` for capture/test)."""
     ms = int(round(t * 1000.0))
     return f"{source}-{ms}" if kind == "anomaly" else f"{source}-{kind}-{ms}"
+
+
+def test_events(source: str, t: float) -> list[AlertEvent]:
+    """A test alert: a ``start`` then an ``end`` of kind ``test`` at ``t``, through the same path
+    as real events (``sonitor test-alert``, the ``test_alert`` command). The random suffix keeps
+    two tests in the same millisecond apart."""
+    event_id = f"{source}-test-{int(t * 1000)}-{uuid.uuid4().hex[:6]}"
+    start = AlertEvent("test", "start", event_id, source, 0, t, t, reason="test_alert")
+    end = AlertEvent("test", "end", event_id, source, 1, t, t, end_time=t, reason="test_alert")
+    return [start, end]
 
 
 def _valid(score: object) -> float | None:

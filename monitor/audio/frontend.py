@@ -8,7 +8,10 @@ and they serve the torch-free ``logmel_knn`` recipe and the daemon directly.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 SAMPLE_RATE = 16000
 
@@ -24,7 +27,8 @@ CED_AMIN = 1e-10
 CED_TARGET_FRAMES = 1012  # longest input CED sees at once (63 time patches); longer is chunked
 CED_PATCH = 16
 
-# The second seed's log-mel (ResNet-18 + SimCLR, DCASE 2023).
+# Log-mel of Shin & Lee's ResNet-18 + SimCLR encoder ("Two-Stage Contrastive Learning for
+# Anomalous Sound Detection", DCASE 2023 Task 2 technical report).
 LOGMEL_N_FFT = 2048
 LOGMEL_HOP = 512
 LOGMEL_N_MELS = 128
@@ -32,7 +36,7 @@ LOGMEL_N_MELS = 128
 _PAD_MODES = ("reflect", "constant")
 
 
-def _hz_to_mel(f: np.ndarray, htk: bool) -> np.ndarray:
+def _hz_to_mel(f: ArrayLike, htk: bool) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     if htk:
         return 2595.0 * np.log10(1.0 + f / 700.0)
@@ -137,7 +141,8 @@ def power_spectrogram(
                 f"power_spectrogram: {n} samples is too short for reflect padding of {pad}"
             )
         widths = [(0, 0)] * (x.ndim - 1) + [(pad, pad)]
-        x = np.pad(x, widths, mode=pad_mode)
+        mode: Literal["reflect", "constant"] = "reflect" if pad_mode == "reflect" else "constant"
+        x = np.pad(x, widths, mode=mode)
     if x.shape[-1] < n_fft:
         raise ValueError(f"power_spectrogram: {n} samples is shorter than n_fft={n_fft}")
     window = np.zeros(n_fft)

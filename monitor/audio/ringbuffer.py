@@ -43,7 +43,7 @@ class RingBuffer:
         self._overflow = 0
 
     # ------------------------------------------------------------------ producer
-    def write(self, block: np.ndarray, gain: float = 1.0) -> None:
+    def write(self, block: np.ndarray, gain: float | np.floating = 1.0) -> None:
         """Append ``block`` (frames, or frames x channels), times ``gain``. Never blocks.
 
         No temporary arrays: the copy (and the gain) go straight into the preallocated storage
@@ -74,7 +74,7 @@ class RingBuffer:
             self._copy(src[first:n_copy], 0, n_copy - first, gain)
         self._written = end
 
-    def _copy(self, src: np.ndarray, start: int, n: int, gain: float) -> None:
+    def _copy(self, src: np.ndarray, start: int, n: int, gain: float | np.floating) -> None:
         dst = self._buf[start : start + n]
         if src.ndim == 1:
             dst = dst[:, 0]

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -165,6 +165,7 @@ class SourceWindower:
             if cut >= x.size:
                 return []
             x, start_sample = x[cut:], self.next_sample
+        assert self.next_sample is not None  # set by the first push
         bad = ~np.isfinite(x)
         if bad.any():
             self.nonfinite_samples += int(bad.sum())
@@ -213,7 +214,7 @@ class SourceWindower:
 
     def _emit(self, now: float, wall: float) -> list[Window]:
         out: list[Window] = []
-        assert self.next_start is not None and self.origin is not None
+        assert self.next_start is not None and self.next_sample is not None
         while self.next_start + self.window + self.lookahead <= self.next_sample:
             s = self.next_start
             self.next_start += self.hop
@@ -231,7 +232,7 @@ class SourceWindower:
             raise RuntimeError(f"{self.source}: window start {s} older than held audio")
         wave = self._wave[i0 : i0 + self.window]
         peak_frac = float(np.mean(np.abs(wave) >= CLIP_LEVEL)) if wave.size else 0.0
-        common = dict(
+        common: dict[str, Any] = dict(
             source=self.source,
             start_sample=s,
             end_sample=e,
@@ -245,8 +246,9 @@ class SourceWindower:
         if self._stream is None:
             return Window(data=wave.copy(), kind="wave", **common)
         assert self._frames is not None
+        assert self.origin is not None  # set with the first audio, before any window
         hop = self._stream.hop
-        f0 = (s - self.origin) // hop - self._frames_start  # type: ignore[operator]
+        f0 = (s - self.origin) // hop - self._frames_start
         n = self.frames_per_window
         frames = self._frames[:, f0 : f0 + n]
         if f0 < 0 or frames.shape[1] != n:

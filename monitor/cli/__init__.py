@@ -1,1 +1,2 @@
-"""The `sonitor` command."""
+"""The `sonitor` command: `sonitor` (the entry point and its subcommand discovery), `daemon`
+(run, check-config, test-alert), `package` (enroll, score), `devices`."""

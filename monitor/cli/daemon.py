@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from monitor.config.schema import Config, DeviceSource, FileSource, load_config
+from monitor.config import Config, DeviceSource, FileSource, load_config
 from monitor.errors import ConfigError, SonitorError
 
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def _capture(config: Path, source: str, seconds: float, timeout: float | None = None):
     """Record ``seconds`` of 16 kHz audio from a source configured for the daemon."""
     from monitor.audio import capture
-    from monitor.config.schema import load_config
+    from monitor.config import load_config
 
     cfg = load_config(config)
     src = cfg.source(source)

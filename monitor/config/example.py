@@ -1,4 +1,4 @@
-"""Generate `config.example.yaml` from the schema in `monitor/config/schema.py`.
+"""Generate `config.example.yaml` from the schema in the `monitor.config` package.
 
 The example is derived, never hand-written, so it cannot drift from what the daemon accepts:
 every key appears with its default value and its description as a comment. A test checks that
@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from monitor.config.schema import Config, DeviceSource, FileSource
+from monitor.config import Config, DeviceSource, FileSource
 
 _WIDTH = 100
 # The two example sources need distinct names and machines; everything else comes from the schema.

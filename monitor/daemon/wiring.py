@@ -1,26 +1,25 @@
 """How the daemon's config becomes running parts.
 
-The config schema (`monitor/config/schema.py`) is the single source of truth for every key; the
+The config schema (the `monitor.config` package) is the single source of truth for every key; the
 components (capture, alerts, clips, MQTT) take small settings dataclasses of their own. The
 functions here map one onto the other. Also here: the model pipeline (package + onnxruntime
-embedder) and the per-source state the inference thread keeps.
+embedder) and the capture groups (which sources share a capture manager).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
-import statistics
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from monitor.alerting.clips import ClipPolicy, ClipRecorder
-from monitor.alerting.machine import AlertMachine, AlertPolicy
+from monitor.alerting.clips import ClipPolicy
+from monitor.alerting.machine import AlertPolicy
 from monitor.audio.capture import (
     CaptureManager,
     DeviceSourceSpec,
@@ -29,7 +28,8 @@ from monitor.audio.capture import (
 )
 from monitor.audio.frontend import SAMPLE_RATE
 from monitor.audio.windowing import Window, stack
-from monitor.config.schema import Config, DeviceSource, FileSource
+from monitor.config import Config, DeviceSource, FileSource
+from monitor.daemon.channel import ChannelSettings
 from monitor.errors import ConfigError
 from monitor.model.package import ModelPackage
 from monitor.model.runtime import Embedder, FrameStream
@@ -111,6 +111,17 @@ def clip_policy(cfg: Config) -> ClipPolicy:
     )
 
 
+def channel_settings(cfg: Config) -> ChannelSettings:
+    sc = cfg.scoring
+    return ChannelSettings(
+        policy=alert_policy(cfg),
+        smoothing=(sc.smoothing, sc.ema_alpha, sc.median_windows),
+        alert_on=sc.alert_on,
+        state_interval_s=cfg.health.state_interval_seconds,
+        history_s=cfg.capture.history_seconds,
+    )
+
+
 def mqtt_settings(cfg: Config) -> Any:
     from monitor.outputs.mqtt import MqttSettings
 
@@ -166,6 +177,15 @@ def integrations_key(cfg: Config) -> tuple[Any, ...]:
 
 def is_realtime(src: DeviceSource | FileSource) -> bool:
     return isinstance(src, DeviceSource) or src.realtime
+
+
+def init_metrics(metrics: Metrics, cfg: Config, pipeline: Pipeline) -> None:
+    """Series of every configured source at 0, the package's model info and thresholds."""
+    metrics.init_sources((s.name, s.machine, s.type) for s in cfg.sources)
+    pkg = pipeline.package
+    metrics.set_model_info(pkg.model_version, pkg.recipe, Path(pkg.path).name)
+    for src in cfg.sources:
+        metrics["score_threshold"].labels(source=src.name).set(pipeline.thresholds[src.name])
 
 
 # ------------------------------------------------------------------------ model pipeline
@@ -239,65 +259,6 @@ class Pipeline:
         return emb
 
 
-# ------------------------------------------------------------------------ per-source state
-
-
-class ScoreSmoother:
-    """EMA or running median of the normalised score; non-finite scores are skipped."""
-
-    def __init__(self, method: str, alpha: float, n: int) -> None:
-        self.method, self.alpha = method, alpha
-        self._ema: float | None = None
-        self._last: deque[float] = deque(maxlen=max(1, n))
-
-    def update(self, x: float) -> float:
-        if not math.isfinite(x):
-            return self.value if self.value is not None else float("nan")
-        if self.method == "ema":
-            self._ema = x if self._ema is None else self.alpha * x + (1 - self.alpha) * self._ema
-            return self._ema
-        if self.method == "median":
-            self._last.append(x)
-            return float(statistics.median(self._last))
-        self._ema = x
-        return x
-
-    @property
-    def value(self) -> float | None:
-        if self.method == "median":
-            return float(statistics.median(self._last)) if self._last else None
-        return self._ema
-
-
-@dataclass
-class SourceRuntime:
-    """Inference-thread state of one source."""
-
-    name: str
-    realtime: bool
-    alert: AlertMachine
-    smoother: ScoreSmoother
-    policy: AlertPolicy
-    recorder: ClipRecorder | None = None
-    t0: float | None = None  # wall time of sample 0 (audio-time clock of fast sources)
-    last_window_mono: float = 0.0
-    last_state_pub: float = -1e9
-    last_health_pub: float = -1e9
-    last_health_key: tuple[Any, ...] | None = None
-    last: dict[str, Any] = field(default_factory=dict)  # latest scores, for state and health
-    clip_names: dict[str, str] = field(default_factory=dict)  # event id -> clip file
-    clip_fed_upto: int | None = None  # sample clock: audio handed to the recorder so far
-
-    def window_time(self, w: Window) -> float:
-        if self.realtime:
-            return w.ready_wall - (w.meta.get("ready_sample", w.end_sample) - w.end_sample) / (
-                SAMPLE_RATE
-            )
-        if self.t0 is None:
-            self.t0 = w.ready_wall - w.end_sample / SAMPLE_RATE
-        return self.t0 + w.end_sample / SAMPLE_RATE
-
-
 # ------------------------------------------------------------------------ capture groups
 
 
@@ -329,3 +290,38 @@ class CaptureGroup:
             self.buffer_s,
             self.history_s,
         )
+
+
+class CaptureGroups:
+    """The running capture managers, one per group (`capture_groups`).
+
+    `sync` starts managers for new or changed groups, keeps unchanged ones running (their audio
+    is not interrupted, so a reload loses none) and stops groups no longer configured.
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, ...], CaptureGroup] = {}
+        self.manager_of: dict[str, CaptureManager] = {}  # source name -> its manager
+
+    def sync(self, cfg: Config) -> None:
+        lv = liveness_spec(cfg)
+        buf, hist = cfg.capture.buffer_seconds, cfg.capture.history_seconds
+        wanted = capture_groups(cfg)
+        for key, group in list(self.groups.items()):
+            if key not in wanted or not group.same(wanted[key], lv, buf, hist):
+                log.info("capture: stopping %s", "/".join(key))
+                group.manager.stop()
+                del self.groups[key]
+        for key, specs in wanted.items():
+            if key in self.groups:
+                continue
+            manager = CaptureManager(specs, liveness=lv, buffer_s=buf, history_s=hist)
+            manager.start()
+            self.groups[key] = CaptureGroup(list(specs), lv, buf, hist, manager)
+        self.manager_of = {s.name: g.manager for g in self.groups.values() for s in g.specs}
+
+    def stop(self, timeout: float) -> None:
+        """Stop every manager; errors are ignored (shutdown goes on regardless)."""
+        for group in self.groups.values():
+            with contextlib.suppress(Exception):
+                group.manager.stop(timeout=timeout)

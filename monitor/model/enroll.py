@@ -20,7 +20,7 @@ calibration scores, both thresholds and the decision agreement, stored in the ma
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import inspect
 import logging
 import tempfile
@@ -34,8 +34,11 @@ import numpy as np
 from monitor.errors import AudioError, PackageError, SonitorError
 from monitor.model.package import (
     Bank,
+    CalibrationDefaults,
+    MachineEntry,
     ModelPackage,
     PackageWriter,
+    ScorerSpec,
     manifest_version,
     pack_archive,
     package_lock,
@@ -43,6 +46,7 @@ from monitor.model.package import (
     validate_machine_name,
 )
 from monitor.model.runtime import Embedder, embed_recording
+from monitor.model.scoring import Scorer, coreset_subsample, fixed_params, scorer_by_name
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +112,14 @@ def embed_waveform(
 # --------------------------------------------------------------------------- scorer helpers
 
 
-def scorer_spec(scorer: Any) -> tuple[str, dict[str, Any]]:
-    """(registry name, constructor parameters) of a scorer, to refit it on a changed bank."""
-    from monitor.model import scoring
+def scorer_spec(scorer: Scorer) -> tuple[str, dict[str, Any]]:
+    """(registry name, constructor parameters) of a scorer: what a bank stores to refit it.
 
+    Parameters that the name fixes (``domainwise`` of ``rescaled_knn_domainwise``, ...) are
+    left out, so that `scorer_from_spec` accepts them back.
+    """
     name = scorer.name
-    fixed = getattr(scoring, "_REGISTRY", {}).get(name, (None, {}))[1]
+    fixed = fixed_params(name)
     params = {
         p: getattr(scorer, p)
         for p in inspect.signature(type(scorer).__init__).parameters
@@ -122,11 +128,11 @@ def scorer_spec(scorer: Any) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-def make_scorer(name: str, params: dict[str, Any]) -> Any:
-    from monitor.model.scoring import make_scorer as _make
-
+def scorer_from_spec(name: str, params: dict[str, Any]) -> Scorer:
+    """A fresh scorer from the (name, params) a package stores; PackageError when they are bad
+    (the inverse of `scorer_spec`)."""
     try:
-        return _make(name, **params)
+        return scorer_by_name(name, **params)
     except ValueError as exc:
         raise PackageError(f"scorer {name!r} with {params}: {exc}") from None
 
@@ -143,8 +149,6 @@ def subsample_bank(
     Each domain gets a share of ``n`` proportional to its size but at least
     ``min(size, n // 4)``, so a small target set survives a large source enrolment whole.
     """
-    from monitor.model.scoring import coreset_subsample
-
     if len(x) <= n:
         return np.arange(len(x))
     groups = [np.flatnonzero(domains == d) for d in np.unique(domains)]
@@ -272,8 +276,8 @@ def _enroll_locked(
     m = pkg.manifest
     created = machine not in pkg.machines
     if created:
-        default = m.get("scorer") or {"name": "rescaled_knn", "params": {}}
-        name, params = default["name"], dict(default.get("params", {}))
+        default = m.scorer or ScorerSpec("rescaled_knn")
+        name, params = default.name, dict(default.params)
         x_old, d_old = np.zeros((0, new.shape[1]), np.float32), np.zeros(0, "<U6")
         thr_before = None
     else:
@@ -285,10 +289,10 @@ def _enroll_locked(
         name = scorer
     if scorer_params:
         params.update(scorer_params)
-    cal_defaults = m.get("calibration") or {}
-    method = method or cal_defaults.get("method", "gamma")
-    q = float(q if q is not None else cal_defaults.get("q", 0.9))
-    max_bank = int(max_bank or m.get("max_bank_size") or DEFAULT_MAX_BANK)
+    cal_defaults = m.calibration or CalibrationDefaults()
+    method = method or cal_defaults.method
+    q = float(q if q is not None else cal_defaults.q)
+    max_bank = int(max_bank or m.max_bank_size or DEFAULT_MAX_BANK)
 
     x_all = np.concatenate([x_old, new])
     d_all = np.concatenate([d_old.astype("<U6"), np.full(len(new), domain, "<U6")])
@@ -347,9 +351,9 @@ def _enroll_locked(
 
 def _fit(
     name: str, params: dict[str, Any], x: np.ndarray, doms: list, machine: str, hint: str = ""
-) -> Any:
+) -> Scorer:
     try:
-        return make_scorer(name, params).fit(x, domains=doms)
+        return scorer_from_spec(name, params).fit(x, domains=doms)
     except ValueError as exc:
         raise SonitorError(
             f"machine {machine!r}: cannot fit scorer {name!r} on {len(x)} embeddings: {exc}{hint}"
@@ -364,18 +368,8 @@ def _calibrate(calibrate: Any, scores: np.ndarray, method: str, q: float, machin
 
 
 def machine_entry(machine: str, bank: Bank, cal: Any, history: list[dict[str, Any]]) -> dict:
-    """The manifest entry of one machine (file names are fixed by the machine name)."""
-    doms = bank.domains.tolist()
-    return {
-        "bank": f"machines/{machine}/bank.npz",
-        "calibration": f"machines/{machine}/calibration.json",
-        "scorer": bank.scorer_name,
-        "n_bank": len(doms),
-        "n_source": doms.count("source"),
-        "n_target": doms.count("target"),
-        "threshold": float(cal.threshold),
-        "history": history,
-    }
+    """The JSON form of `MachineEntry.describe`, for writers that assemble a manifest as JSON."""
+    return MachineEntry.describe(machine, bank, cal.threshold, history).to_dict()
 
 
 def write_machine(
@@ -389,20 +383,22 @@ def write_machine(
     _before_swap: Any = None,
 ) -> str:
     """Write ``pkg`` with ``machine``'s bank and calibration replaced; returns the new version."""
-    manifest = copy.deepcopy(pkg.manifest)
-    manifest.pop("files", None)
-    old = manifest["machines"].get(machine, {})
-    entry = machine_entry(machine, bank, cal, [*old.get("history", []), event])
-    replaced = {entry["bank"], entry["calibration"], old.get("bank"), old.get("calibration")}
-    manifest["machines"][machine] = entry
-    manifest["modified"] = utc_now()
+    old = pkg.manifest.machines.get(machine)
+    history = [*(old.history if old is not None else ()), event]
+    entry = MachineEntry.describe(machine, bank, cal.threshold, history)
+    replaced = {entry.bank, entry.calibration}
+    if old is not None:
+        replaced |= {old.bank, old.calibration}
+    manifest = dataclasses.replace(
+        pkg.manifest, machines={**pkg.manifest.machines, machine: entry}, modified=utc_now()
+    )
 
     def fill(w: PackageWriter) -> None:
-        for rel in pkg.manifest["files"]:
+        for rel in pkg.manifest.files:
             if rel not in replaced:
                 w.add_file(rel, pkg.path / rel)
-        bank.save(w.path(entry["bank"]))
-        w.write_json(entry["calibration"], cal.to_dict())
+        bank.save(w.path(entry.bank))
+        w.write_json(entry.calibration, cal.to_dict())
 
     if pkg.archive is None:
         with PackageWriter(dest) as w:

@@ -107,7 +107,11 @@ class Embedder:
                 "backbone": pkg.backbone_file(precision),
                 "separator": pkg.separator_path,
             }
-            frontend: dict[str, Any] | None = dict(pkg.frontend)
+            framing: tuple[int, int, int] | None = (
+                pkg.frontend.n_fft,
+                pkg.frontend.hop_length,
+                pkg.frontend.n_mels,
+            )
             self.sample_rate = pkg.sample_rate
             self.embedding_dim: int | None = pkg.embedding_dim
         elif isinstance(pkg, Mapping):
@@ -117,7 +121,7 @@ class Embedder:
             }
             if paths["encoder"] is None:
                 raise ValueError("Embedder: the paths mapping needs an 'encoder' entry")
-            frontend = None
+            framing = None
             self.sample_rate = 16000
             self.embedding_dim = None
         else:
@@ -129,16 +133,19 @@ class Embedder:
         self.context_frames = 0
         self.frontend_graph = _Graph(paths["frontend"], threads) if paths["frontend"] else None
         self.backbone = _Graph(paths["backbone"], threads) if paths["backbone"] else None
-        if frontend is None:
+        if framing is None:
             meta = self.encoder.metadata.get(_META_FRONTEND)
             if meta is None:
                 raise PackageError(f"{paths['encoder']}: no '{_META_FRONTEND}' metadata")
             frontend = json.loads(meta)
             self.sample_rate = int(frontend.get("sample_rate", 16000))
-        # a graph without a log-mel front-end has no framing: the full graph is all there is
-        self.n_fft = int(frontend.get("n_fft", 1))
-        self.hop_length = int(frontend.get("hop_length", 1))
-        self.n_mels = int(frontend.get("n_mels", 1))
+            # a graph without a log-mel front-end has no framing: the full graph is all there is
+            framing = (
+                int(frontend.get("n_fft", 1)),
+                int(frontend.get("hop_length", 1)),
+                int(frontend.get("n_mels", 1)),
+            )
+        self.n_fft, self.hop_length, self.n_mels = framing
         self.pad = self.n_fft // 2
         if self.separator is not None:
             self._separator_setup(pkg)
@@ -148,27 +155,30 @@ class Embedder:
         from monitor.model.package import ModelPackage
 
         assert self.separator is not None
-        info: dict[str, Any] = {}
-        if isinstance(pkg, ModelPackage):
-            info = dict(pkg.manifest.get("separator") or {})
-        elif _META_SEPARATOR in self.separator.metadata:
-            info = json.loads(self.separator.metadata[_META_SEPARATOR])
-        kind = info.get("input") or ("frames" if self.separator.input == "frames" else "waveform")
+        graph_kind = "frames" if self.separator.input == "frames" else "waveform"
+        if isinstance(pkg, ModelPackage) and pkg.separator is not None:
+            sep = pkg.separator  # validated with the package
+            kind = sep.input or graph_kind
+            context, n_mels, hop = sep.context_frames, sep.n_mels, sep.hop_length
+        else:
+            info: dict[str, Any] = {}
+            if _META_SEPARATOR in self.separator.metadata:
+                info = json.loads(self.separator.metadata[_META_SEPARATOR])
+            kind = info.get("input") or graph_kind
+            context = info.get("context_frames")
+            n_mels, hop = info.get("n_mels"), info.get("hop_length")
         self.separator_kind = kind
         if kind != "frames":
             return
         path = self.separator.path
-        self.context_frames = int(info.get("context_frames", -1))
+        self.context_frames = int(context if context is not None else -1)
         if self.context_frames < 0:
             raise PackageError(f"{path}: a frames separator needs 'context_frames'")
-        if (
-            int(info.get("n_mels", self.n_mels)) != self.n_mels
-            or int(info.get("hop_length", self.hop_length)) != self.hop_length
-        ):
+        n_mels_ok = n_mels is None or int(n_mels) == self.n_mels
+        if not n_mels_ok or (hop is not None and int(hop) != self.hop_length):
             raise PackageError(
-                f"{path}: separator front-end (n_mels {info.get('n_mels')}, hop "
-                f"{info.get('hop_length')}) does not match the encoder's (n_mels {self.n_mels}, "
-                f"hop {self.hop_length})"
+                f"{path}: separator front-end (n_mels {n_mels}, hop {hop}) does not match the "
+                f"encoder's (n_mels {self.n_mels}, hop {self.hop_length})"
             )
 
     # ----------------------------------------------------------------- full graph

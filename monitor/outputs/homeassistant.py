@@ -22,8 +22,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from monitor.outputs.mqtt import MqttSettings, Topics, paho_client
+from monitor.outputs.mqtt.settings import MqttSettings, Topics, paho_client
 from monitor.outputs.payloads import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE
+from monitor.outputs.sink import Sink
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +152,13 @@ def discovery_configs(
     return out
 
 
-class HomeAssistantDiscovery:
+class HomeAssistantDiscovery(Sink):
     """Publishes the discovery configs (retained) on every connect and on HA's birth message.
 
     ``set_sources`` (after a reload) publishes the new configs and deletes removed ones.
     paho reconnects by itself (no last will here: availability is the main session's).
+    As the daemon's output it needs no per-window updates: the entities read the main session's
+    state and health topics; only a change of sources (`on_sources`) concerns it.
     """
 
     def __init__(
@@ -199,8 +202,9 @@ class HomeAssistantDiscovery:
         self._started = True
         return self
 
-    def stop(self) -> None:
-        """Disconnect; the configs stay (HA shows the entities unavailable via availability)."""
+    def stop(self, timeout: float = 0.0) -> None:
+        """Disconnect; the configs stay (HA shows the entities unavailable via availability).
+        Nothing is pending here, so there is nothing to wait ``timeout`` for."""
         if self._started:
             self._client.disconnect()
             self._client.loop_stop()
@@ -215,6 +219,9 @@ class HomeAssistantDiscovery:
         for topic in removed:
             self._client.publish(topic, b"", qos=1, retain=True)  # empty retained = delete
         self.publish_all()
+
+    def on_sources(self, machines: Mapping[str, str]) -> None:
+        self.set_sources(machines)
 
     def publish_all(self) -> None:
         with self._lock:

@@ -127,7 +127,8 @@ class Outbox:
             self._rows += 1
             self._bytes += len(payload)
             self.put_total += 1
-            row_id = int(cur.lastrowid)
+            row_id = cur.lastrowid
+            assert row_id is not None  # set by every INSERT
             self._enforce_bounds()
             return row_id
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +34,8 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor import __version__
+from monitor.alerting.machine import AlertEvent, AlertStatus
+from monitor.outputs.sink import Sink, WindowResult
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +258,53 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class MetricsSink(Sink):
+    """The daemon's outputs as series: per-window scores and counts, alert events, alarm gauges.
+
+    Instrumentation of the pipeline itself (stage latencies, capture counters, the queue) is
+    recorded where it is measured; this sink sees what the other outputs see. The daemon puts it
+    after MQTT, so an event is counted only once the outbox holds it: a scrape never sees an
+    event that could still be lost. ``alert_status(source)`` reads the source's alarm after its
+    events (for the active/muted gauges); None for a source no longer known.
+    """
+
+    def __init__(self, metrics: Metrics, alert_status: Callable[[str], AlertStatus | None]) -> None:
+        self.metrics = metrics
+        self.alert_status = alert_status
+
+    def on_window(self, result: WindowResult) -> None:
+        m, src = self.metrics, result.source
+        if result.skipped is not None and result.skipped != "unhealthy":
+            m["windows_invalid"].labels(source=src, reason=result.skipped).inc()
+        elif result.skipped is None and not math.isfinite(result.raw):
+            m["windows_invalid"].labels(source=src, reason="nonfinite_score").inc()
+        if result.skipped is not None:
+            return
+        m["windows"].labels(source=src).inc()
+        m["last_inference_timestamp_seconds"].set(time.time())
+        lag = time.monotonic() - result.ready_monotonic
+        m["processing_lag_seconds"].labels(source=src).set(lag)
+        m["input_level_dbfs"].labels(source=src).set(result.level_dbfs)
+        m["score_threshold"].labels(source=src).set(result.threshold)
+        for key, value in (("score_raw", result.raw), ("score_normalised", result.normalised)):
+            if math.isfinite(value):
+                m[key].labels(source=src).set(value)
+        if math.isfinite(result.smoothed):
+            m["score_smoothed"].labels(source=src).set(result.smoothed)
+
+    def on_event(self, event: AlertEvent, payload: dict[str, Any]) -> None:
+        if event.kind == "test":
+            return  # a test alert checks the delivery path; the source raised nothing
+        self.metrics["alert_events"].labels(source=event.source, type=event.type).inc()
+        status = self.alert_status(event.source)
+        if status is None:
+            return
+        for sev in SEVERITIES:
+            active = int(status.state == "active" and status.severity == sev)
+            self.metrics["alert_active"].labels(source=event.source, severity=sev).set(active)
+        self.metrics["source_muted"].labels(source=event.source).set(int(status.state == "muted"))
 
 
 HealthFn = Callable[[], tuple[bool, dict[str, Any]]]

@@ -36,7 +36,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from monitor.errors import ConfigError
-from monitor.outputs.mqtt import MqttSettings, paho_client
+from monitor.outputs.mqtt.settings import MqttSettings, paho_client
+from monitor.outputs.sink import Sink
 from monitor.outputs.sparkplug_pb import DataType, Metric, decode_payload, encode_payload
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,12 @@ class _Held:
     values: dict[str, Any]
 
 
-class SparkplugNode:
-    """The edge node. ``update_state``/``update_health`` are thread-safe and never block."""
+class SparkplugNode(Sink):
+    """The edge node. ``update_state``/``update_health`` are thread-safe and never block.
+
+    As the daemon's output it takes the same state and health payloads as MQTT (`Sink`): a
+    source's state and health become its device's metrics.
+    """
 
     def __init__(
         self,
@@ -207,6 +212,16 @@ class SparkplugNode:
     def set_sources(self, sources: Iterable[str]) -> None:
         """A reload changed the sources: DDEATH for removed ones, then a full rebirth."""
         self._queue.put(("sources", list(sources)))
+
+    # the daemon's updates (Sink)
+    def on_state(self, source: str, payload: dict[str, Any]) -> None:
+        self.update_state(source, payload)
+
+    def on_health(self, source: str, payload: dict[str, Any]) -> None:
+        self.update_health(source, payload)
+
+    def on_sources(self, machines: Mapping[str, str]) -> None:
+        self.set_sources(list(machines))
 
     @property
     def held(self) -> int:

@@ -189,6 +189,7 @@ def _fields(buf: bytes) -> list[tuple[int, int, Any]]:
     while pos < len(buf):
         key, pos = _read_varint(buf, pos)
         field, wire = key >> 3, key & 7
+        value: Any
         if wire == _VARINT:
             value, pos = _read_varint(buf, pos)
         elif wire == _FIXED64:

@@ -1,4 +1,5 @@
-"""ResNet-18 on log-mel for the second seed (two-stage contrastive learning, DCASE 2023).
+"""ResNet-18 on log-mel, as in Shin & Lee, "Two-stage contrastive learning for anomalous sound
+detection" (DCASE 2023).
 
 Written here because torchvision is not a dependency. Layout: BasicBlock [2, 2, 2, 2], widths
 64/128/256/512, a 7x7 stride-2 stem and max-pool, global average pooling: the ImageNet ResNet-18
@@ -14,12 +15,33 @@ from monitor.audio import frontend as fe
 from training.features import LogMel
 
 
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` that computes a strided convolution with a one-column output in float32.
+
+    Under CPU bfloat16 autocast, oneDNN's AMX kernels (Intel Xeon with AMX-BF16, torch 2.13)
+    return garbage or NaN for strided convolutions whose output is one frame wide, which short
+    crops reach in the deeper stages; everywhere else bf16 stays on. Parameters and state-dict
+    keys are those of `nn.Conv2d`, and outside autocast (export, eval) it is `nn.Conv2d` exactly.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            torch.is_autocast_enabled("cpu")
+            and x.device.type == "cpu"
+            and self.stride[1] > 1
+            and (x.shape[-1] + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] == 0
+        ):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with BatchNorm and an identity (or 1x1 projection) shortcut."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
@@ -27,7 +49,7 @@ class BasicBlock(nn.Module):
         self.downsample: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+                Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +73,7 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         self.front_end = LogMel(fe.LOGMEL_N_FFT, fe.LOGMEL_HOP, n_mels)
         self.input_bn = nn.BatchNorm2d(n_mels)
-        self.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
+        self.conv1 = Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -82,7 +104,7 @@ class ResNetEncoder(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """SimCLR projection: Linear-ReLU-Linear (512 -> 512 -> 128 in the second seed)."""
+    """SimCLR projection: Linear-ReLU-Linear (512 -> 512 -> 128 in Shin & Lee)."""
 
     def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128) -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 
 A recipe has two phases so that shared work is done once:
 - `prepare(machines)`: train whatever is shared across machine types (the SimCLR encoder is trained
-  once on every machine type, as the second seed does; frozen CED needs nothing);
+  once on every machine type's clips together; frozen CED needs nothing);
 - `fit_machine(machine, data)`: fit that machine type's scorer (bank, covariance, autoencoder).
 Then `score(machine, waves)` gives anomaly scores (higher = more anomalous) and
 `train_scores(machine)` the leave-one-out training scores that calibrate the decision threshold.
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from monitor.model.scoring import make_scorer
+from monitor.model.scoring import scorer_by_name
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class RecipeOptions:
     k: int = 16
     epochs: int | None = None  # override the recipe's default epoch count
     batch_size: int = 16  # inference batch size
-    separator: str | None = None  # separator checkpoint put in front of the encoder (issue 4)
+    separator: str | None = None  # separator checkpoint put in front of the encoder
     steps: int | None = None  # override the recipe's optimiser steps (stage2_ssl*)
     noise_dirs: tuple[str, ...] = ()  # background-noise folders for augmentation (stage2_ssl*)
     augment_config: str | None = None  # YAML/JSON augmentation config file (stage2_ssl*)
@@ -106,7 +106,7 @@ class EmbeddingRecipe(Recipe):
         """Put a spectral separator in front of the encoder (inside its log-mel front-end).
 
         Recipes whose encoder is a torch module with one `CEDFrontEnd`/`LogMel` (``self.model``)
-        get it for free; others must override this or refuse.
+        get it for free; others must override this (`logmel_knn` does) or refuse.
         """
         import torch
 
@@ -115,15 +115,11 @@ class EmbeddingRecipe(Recipe):
 
         model = getattr(self, "model", None)
         if not isinstance(model, torch.nn.Module):
-            from training.recipes.separation import attach_to_feature_recipe
-
-            if not attach_to_feature_recipe(self, separator):
-                raise SonitorError(
-                    f"recipe {self.name!r} has no torch encoder with a log-mel front-end to put "
-                    "--separator in front of"
-                )
-        else:
-            insert_separator(model, separator)
+            raise SonitorError(
+                f"recipe {self.name!r} has no torch encoder with a log-mel front-end to put "
+                "--separator in front of"
+            )
+        insert_separator(model, separator)
         self.separator = separator
 
     def ensure_separator(self) -> None:
@@ -140,7 +136,10 @@ class EmbeddingRecipe(Recipe):
     def scorer_name(self) -> str:
         return self.options.scorer or self.default_scorer
 
-    def make_scorer(self, domains: list[str | None] | None = None) -> Any:
+    def new_scorer(self, domains: list[str | None] | None = None) -> Any:
+        """A fresh, unfitted scorer for one machine type: `--scorer` or the recipe's default,
+        with `monitor.model.scoring`'s parameters; a domain-wise scorer falls back to its pooled
+        variant when `domains` has only 1-2 target clips (it needs 3 per domain)."""
         name = self.scorer_name()
         n_target = sum(d == "target" for d in domains or [])
         fallback = {"rescaled_knn_domainwise": "rescaled_knn", "mahalanobis_knn": "mahalanobis"}
@@ -159,13 +158,13 @@ class EmbeddingRecipe(Recipe):
             params["metric"] = self.default_metric
             if name.startswith("rescaled"):
                 params["k"] = self.options.k
-        return make_scorer(name, **params)
+        return scorer_by_name(name, **params)
 
     def fit_machine(self, data: MachineArrays) -> None:
         self.ensure_separator()
         x = self.embed(data.waves)
         self.train_embeddings[data.machine] = x
-        scorer = self.make_scorer(data.domains)
+        scorer = self.new_scorer(data.domains)
         self.scorers[data.machine] = scorer.fit(x, domains=data.domains)
 
     def score(self, machine: str, waves: np.ndarray) -> np.ndarray:

@@ -1,13 +1,13 @@
 """`logmel_knn`: the floor. No training: log-mel statistics + rescaled k-NN.
 
 Each clip becomes the mean and standard deviation over time of its 128-band log-mel spectrogram
-(the second seed's 2048/512/128 front-end, in numpy). If a learned recipe cannot beat this, it has
-learned nothing useful.
+(n_fft 2048, hop 512, 128 Slaney mels: the `simclr` ResNet's front-end, in numpy). If a learned
+recipe cannot beat this, it has learned nothing useful.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -42,3 +42,28 @@ class LogmelKNN(EmbeddingRecipe):
 
     def embed(self, waves: np.ndarray) -> np.ndarray:
         return logmel_stats(waves)
+
+    def attach_separator(self, separator: Any) -> None:
+        """`--separator` without a torch encoder: the numpy log-mel above is the 2048/512/128
+        front-end, so a ``logmel`` separator fits. The statistics are then taken from the torch
+        `LogMel` with the separator inside (the same numbers as the numpy ones up to float32
+        rounding when nothing is masked)."""
+        import torch
+
+        from training.features import LogMel
+        from training.separator.masking import MaskedFrontEnd, check_frontend
+
+        front = LogMel()
+        check_frontend(separator, front.mel, "logmel_knn's log-mel")
+        masked = MaskedFrontEnd(front, separator.eval())
+
+        @torch.no_grad()
+        def embed(waves: np.ndarray) -> np.ndarray:
+            out = []
+            for i in range(0, len(waves), 16):
+                mel = masked(torch.from_numpy(np.ascontiguousarray(waves[i : i + 16])))
+                out.append(torch.cat([mel.mean(dim=2), mel.std(dim=2, correction=0)], dim=1))
+            return torch.cat(out).numpy().astype(np.float32)
+
+        self.embed = embed  # type: ignore[method-assign]
+        self.separator = separator

@@ -1,4 +1,5 @@
-"""`stage1_separation`, `stage2_ssl_separation`: the first seed's recipes with separation (3.4).
+"""`stage1_separation`, `stage2_ssl_separation`: `stage1` and `stage2_ssl` with separation, as in
+Ozeki et al., "Anomalous sound detection method using contrastive learning" (DCASE 2025, 3.4).
 
 A mask U-Net (training/separator) sits inside the encoder's log-mel front-end, so the encoder sees
 the machine's masked spectrogram and scoring needs no inverse STFT. With `--separator CKPT` that
@@ -9,7 +10,7 @@ clips + `noise_dirs`; SNR uniform in [-10, 10] dB) for `separator_steps` steps (
 
 `stage2_ssl_separation` needs `training/recipes/stage2.py` (`Stage2SSL`, imported lazily): each
 machine type's fresh encoder gets the frozen separator before SimSiam, so training and embedding
-both see separated clips, as in the seed. The separator's front-end follows the encoder (`logmel`
+both see separated clips, as in the paper. The separator's front-end follows the encoder (`logmel`
 for the default ResNet, `ced` for CED).
 """
 
@@ -117,7 +118,7 @@ class SeparationMixin:
 
 class Stage1Separation(SeparationMixin, Stage1):
     name: ClassVar[str] = "stage1_separation"
-    summary: ClassVar[str] = "stage1 with a U-Net mask in front of frozen CED (first seed, 3.4)"
+    summary: ClassVar[str] = "stage1 with a U-Net mask in front of frozen CED (Ozeki et al., 3.4)"
 
     def __init__(self, options: RecipeOptions | None = None) -> None:
         super().__init__(options)
@@ -132,38 +133,6 @@ class Stage1Separation(SeparationMixin, Stage1):
         if self.separator_history:
             d["separator_training"] = self.separator_history
         return d
-
-
-def attach_to_feature_recipe(recipe: EmbeddingRecipe, separator: Any) -> bool:
-    """`--separator` for recipes without a torch encoder; False when there is no way.
-
-    `logmel_knn`: its numpy log-mel is the second seed's 2048/512/128 front-end, so a ``logmel``
-    separator fits; its statistics are then taken from the torch `LogMel` with the separator
-    inside (the same numbers as the numpy one up to float32 rounding when nothing is masked).
-    """
-    from training.recipes.logmel_knn import LogmelKNN
-
-    if not isinstance(recipe, LogmelKNN):
-        return False
-    import torch
-
-    from training.features import LogMel
-    from training.separator.masking import MaskedFrontEnd, check_frontend
-
-    front = LogMel()
-    check_frontend(separator, front.mel, "logmel_knn's log-mel")
-    masked = MaskedFrontEnd(front, separator.eval())
-
-    @torch.no_grad()
-    def embed(waves: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(waves), 16):
-            mel = masked(torch.from_numpy(np.ascontiguousarray(waves[i : i + 16])))
-            out.append(torch.cat([mel.mean(dim=2), mel.std(dim=2, correction=0)], dim=1))
-        return torch.cat(out).numpy().astype(np.float32)
-
-    recipe.embed = embed  # type: ignore[method-assign]
-    return True
 
 
 def _stage2_class() -> type[EmbeddingRecipe]:
@@ -185,7 +154,7 @@ def _stage2_prepare(self: Any, machines: dict) -> None:
 
 def _stage2_new_encoder(self: Any) -> tuple[Any, int]:
     """Each machine type's fresh encoder gets the (frozen) separator BEFORE SimSiam, so its
-    training sees separated clips, as the seed's Stage2_SSL_w_audio_separation does."""
+    training sees separated clips, as the paper's "Stage2_SSL_w_audio_separation" does."""
     from training.separator.masking import insert_separator
 
     model, dim = super(self._impl, self).new_encoder()
@@ -200,7 +169,7 @@ class Stage2SSLSeparation(EmbeddingRecipe):
     """
 
     name: ClassVar[str] = "stage2_ssl_separation"
-    summary: ClassVar[str] = "stage2_ssl with a U-Net mask in front of the encoder (first seed)"
+    summary: ClassVar[str] = "stage2_ssl with a U-Net mask in front of the encoder (Ozeki et al.)"
     uses_supplemental: ClassVar[bool] = True
 
     def __new__(cls, options: RecipeOptions | None = None) -> EmbeddingRecipe:  # type: ignore[misc]

@@ -1,4 +1,7 @@
-"""`stage1`: frozen CED as feature extractor + k-NN with local-density rescaling (first seed, 3.1).
+"""`stage1`: frozen CED as feature extractor + k-NN with local-density rescaling.
+
+Stage 1 of Ozeki et al., "Anomalous sound detection method using contrastive learning" (DCASE
+2025, section 3.1); the rescaling is Wilkinghoff et al.'s "Keeping the Balance" (ICASSP 2025).
 
 With official weights (`--checkpoint`, HF safetensors or the original `.pt`) this is the strongest
 recipe that needs no training. Without them CED's weights are random: the recipe still runs (useful
@@ -21,12 +24,13 @@ log = logging.getLogger(__name__)
 
 class Stage1(EmbeddingRecipe):
     name: ClassVar[str] = "stage1"
-    summary: ClassVar[str] = "frozen pretrained CED + rescaled k-NN (first seed, stage 1)"
+    summary: ClassVar[str] = "frozen pretrained CED + rescaled k-NN (Ozeki et al., stage 1)"
     # Domain-wise banks (GenRep, DCASE 2025): the pooled bank with K = 16 > 10 target clips
     # over-shrinks target distances; on the synthetic benchmark pooled 0.70 vs domain-wise 0.83
     # (README, benchmarks/bench_recipes.py). `--scorer rescaled_knn` gives the pooled variant.
     default_scorer: ClassVar[str] = "rescaled_knn_domainwise"
-    # Raw pretrained embeddings: Euclidean distance (asd-facts.md section 2).
+    # Raw pretrained embeddings: Euclidean distance (cosine is for embeddings trained to be
+    # compared by angle; "Keeping the Balance" uses it for trained models only).
     default_metric: ClassVar[str] = "euclidean"
 
     def __init__(self, options: RecipeOptions | None = None) -> None:

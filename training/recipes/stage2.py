@@ -1,16 +1,17 @@
-"""`stage2_ssl` and `stage2_ssl_supplemental`: SimSiam fine-tuning per machine type (first seed,
-sections 3.2-3.3), then the ENCODER output (not the projector) + rescaled k-NN as in stage 1.
+"""`stage2_ssl` and `stage2_ssl_supplemental`: SimSiam fine-tuning per machine type (Ozeki et
+al., "Anomalous sound detection method using contrastive learning", DCASE 2025, sections
+3.2-3.3), then the ENCODER output (not the projector) + rescaled k-NN as in stage 1.
 
-- `stage2_ssl`: SimSiam on the machine's normal training clips with the seed's six waveform
+- `stage2_ssl`: SimSiam on the machine's normal training clips with the paper's six waveform
   augmentations (`training.augment_wave`): gain, polarity, pitch shift, time stretch, background
   noise from the noise folders (`--noise-dir`) and from the machine's noise-only supplemental
-  clips (the seed's augmentation 6, so this recipe reads supplemental/ too).
+  clips (the paper's augmentation 6, so this recipe reads supplemental/ too).
 - `stage2_ssl_supplemental`: also the clean supplemental clips, as extra normal material and as
   the clean part of mixtures (their views always get a background when a bank exists).
 Which supplemental kind a machine has comes from the names or `--supplemental-kind`
 (`training.supplemental`); the recipe logs and `describe()`s what it used per machine.
 
-Encoder: with `--checkpoint`, the pretrained CED it names (the seed's choice), fine-tuned whole.
+Encoder: with `--checkpoint`, the pretrained CED it names (the paper's choice), fine-tuned whole.
 Without weights: a ResNet from scratch, read out at its first residual stage (`StageEmbedder`,
 mean+fmax pooling, 128-d: the readout the `simclr` recipe measured best on this kind of data).
 `extra["stage2"]["encoder"] = "ced"` forces CED from random weights. Measured on the SYNTHETIC
@@ -23,12 +24,12 @@ Light fine-tuning on purpose (SimSiam's lr rule, 0.05 x 32 / 256, and ~150 steps
 SimSiam learns invariance to these augmentations, the worse the k-NN scores on the synthetic
 data (pump: lr 0.05 -> 0.792, 0.2 -> 0.739; 300 steps -> 0.782; against 0.797 at 100 steps);
 the full benchmark gains only +0.008 over the untrained encoder (0.794 -> 0.802) with the
-seed's six augmentations, +0.017-0.019 (0.811 `stage2_ssl`, 0.813 `stage2_ssl_supplemental`)
+paper's six augmentations, +0.017-0.019 (0.811 `stage2_ssl`, 0.813 `stage2_ssl_supplemental`)
 with pitch shift and time stretch off, the default
 (`training.augment_wave`). Both stay below `simclr` (0.823), so `auto` does not pick them.
 
-Scorer: domain-wise rescaled k-NN (K = 16) with cosine distance (trained embeddings,
-asd-facts.md section 2), the same as the other k-NN recipes' default banks.
+Scorer: domain-wise rescaled k-NN (K = 16) with cosine distance (trained embeddings, as in "Keeping
+the Balance", Wilkinghoff et al., ICASSP 2025), the same as the other k-NN recipes' default banks.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ RESNET_POOLING = "mean+fmax"
 
 class Stage2SSL(EmbeddingRecipe):
     name: ClassVar[str] = "stage2_ssl"
-    summary: ClassVar[str] = "SimSiam fine-tuning per machine + rescaled k-NN (first seed, 3.2)"
+    summary: ClassVar[str] = "SimSiam fine-tuning per machine + rescaled k-NN (Ozeki et al., 3.2)"
     # its fit_machine trains an encoder per machine type; stage2_ssl_separation is the variant
     # with a separator in front of it
     accepts_separator: ClassVar[bool] = False
@@ -177,7 +178,7 @@ class Stage2SSL(EmbeddingRecipe):
         self.encoders[data.machine] = self.train_encoder(data)
         x = self.embed_for(data.machine, data.waves)
         self.train_embeddings[data.machine] = x
-        self.scorers[data.machine] = self.make_scorer(data.domains).fit(x, domains=data.domains)
+        self.scorers[data.machine] = self.new_scorer(data.domains).fit(x, domains=data.domains)
 
     def embed_for(self, machine: str, waves: np.ndarray) -> np.ndarray:
         return embed_waves(
@@ -224,6 +225,6 @@ class Stage2SSL(EmbeddingRecipe):
 class Stage2SSLSupplemental(Stage2SSL):
     name: ClassVar[str] = "stage2_ssl_supplemental"
     summary: ClassVar[str] = (
-        "stage2_ssl + clean supplemental clips as material and mixtures (first seed, 3.3)"
+        "stage2_ssl + clean supplemental clips as material and mixtures (Ozeki et al., 3.3)"
     )
     clean_as_material: ClassVar[bool] = True

@@ -7,8 +7,9 @@ the encoder continues from ``10 log10(P) + 10 log10(max(m, floor))`` = the dB of
 then the usual per-clip floor. Scoring thus needs no inverse STFT and the daemon's hop-by-hop
 front-end stays as it is; only ``separator.onnx`` (frames -> frames) is inserted.
 
-A separator is therefore tied to one front-end (CED's 512/160/64-mel HTK, or the second seed's
-2048/512/128-mel Slaney); its checkpoint names it and `check_frontend` refuses a mismatch.
+A separator is therefore tied to one front-end (CED's 512/160/64-mel HTK, or the 2048/512/128-mel
+Slaney of the `simclr` recipe's ResNet); its checkpoint names it and `check_frontend` refuses a
+mismatch.
 
 For listening, `separate_waveform` maps the mel mask back to the linear STFT bins with the
 filterbank's column-normalised transpose (each bin gets the weighted mean of the masks of the mel
@@ -37,7 +38,8 @@ FORMAT = "sonitor-separator/1"
 
 
 def frontend_module(name: str) -> nn.Module:
-    """A fresh torch front-end: ``ced`` = `CEDFrontEnd`, ``logmel`` = the second seed's `LogMel`."""
+    """A fresh torch front-end: ``ced`` = `CEDFrontEnd`, ``logmel`` = the ResNet's 2048/512/128
+    `LogMel`."""
     if name == "ced":
         return CEDFrontEnd()
     if name == "logmel":

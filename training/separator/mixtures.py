@@ -1,6 +1,7 @@
 """Training mixtures for the separator: clean machine sound + noise at a random SNR.
 
-Where the parts come from (first seed, 3.4): clean = the machine's supplemental clean clips, or its
+Where the parts come from (as in Ozeki et al., "Anomalous sound detection method using contrastive
+learning", DCASE 2025, section 3.4): clean = the machine's supplemental clean clips, or its
 normal training clips when it has none (then they are "clean" only relative to the added noise);
 noise = supplemental noise-only clips plus any noise folders (e.g. ``../shared/data/
 background_noise``, ``esc50_machine_noise_1s``). Each example is a random crop of one clean clip

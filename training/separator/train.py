@@ -1,6 +1,7 @@
 """Train the mask U-Net on synthetic mixtures; evaluate it on held-out ones.
 
-Target: the hard (binary) mask of the first seed, computed in the domain the mask is applied in:
+Target: the hard (binary) mask of Ozeki et al., "Anomalous sound detection method using
+contrastive learning" (DCASE 2025), computed in the domain the mask is applied in:
 1 where the clean part's mel power exceeds the noise part's, per mel band and frame. Loss: binary
 cross-entropy on the U-Net's logits. Each step draws fresh mixtures (random crops, SNRs, gains),
 so there are no epochs; a run is a fixed number of steps.

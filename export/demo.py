@@ -13,32 +13,31 @@ ones a plant engineer runs by hand, through the same code:
    `sonitor enroll`), the rest becomes the replay, with a synthetic fault of the same machine
    added to it for a while (the take's own faulty twin, so the splice is seamless);
 5. the daemon (`monitor.daemon.Daemon`, as `sonitor run`) on a `type: file` source replayed as
-   fast as inference allows; alert times are audio times there, so N-of-M, hold and cooldown
-   mean the same as live. One line per scored window, then the alert events (the MQTT payloads;
-   published when a broker is given).
+   fast as inference allows (`export.demo_replay`); alert times are audio times there, so N-of-M,
+   hold and cooldown mean the same as live. One line per scored window, then the alert events
+   (the MQTT payloads; published when a broker is given).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
+from export.demo_replay import Recordings, describe_event, judge, run_replay
+from monitor.audio.frontend import SAMPLE_RATE as SR
 from monitor.audio.io import write_wav
 from monitor.errors import SonitorError
 
-SR = 16000
 MACHINES = ("pump", "fan", "gearbox")
 STEPS = 5
 
@@ -160,30 +159,27 @@ class Trained:
 def train_model(data: Path, machine: str, sizes: DemoSizes, seed: int, progress: bool) -> Trained:
     """Train the default recipe (simclr) with the demo's step budget; score the test split."""
     from training import dcase_metrics as metrics
-    from training.data import discover, load_clips
-    from training.recipes.base import MachineArrays, RecipeOptions
-    from training.recipes.registry import make_recipe
+    from training.data import load_clips
+    from training.fit import fit_recipe
+    from training.recipes.base import RecipeOptions
     from training.train_utils import one_torch_thread
 
-    md = discover(data)[machine]
     simclr = {
         "steps": sizes.steps,
         "batch_size": sizes.batch_size,
         "crop_seconds": sizes.crop_seconds,
     }
     opts = RecipeOptions(seed=seed, progress=progress, extra={"simclr": simclr})
-    rec, _ = make_recipe("simclr", opts)
-    waves = load_clips(md.train, workers=2, seconds=sizes.clip_seconds)
-    arrays = MachineArrays(machine, waves, [c.domain for c in md.train])
-    test = load_clips(md.test, workers=2, seconds=sizes.clip_seconds)
     with one_torch_thread():
-        rec.prepare({machine: arrays})
-        rec.fit_machine(arrays)
+        fitted = fit_recipe(data, "simclr", opts, machines=[machine], seconds=sizes.clip_seconds)
+        md, rec = fitted.machines[machine], fitted.recipe
+        test = load_clips(md.test, workers=2, seconds=sizes.clip_seconds)
         scores = np.asarray(rec.score(machine, test), dtype=np.float64)
     labels = np.array([c.label == "anomaly" for c in md.test], int)
     res = metrics.machine_scores(labels, scores, [c.domain for c in md.test])
     res["official"] = metrics.official_score([res])
-    return Trained(rec, machine, arrays.domains, waves[:4].copy(), res)
+    arrays = fitted.arrays[machine]
+    return Trained(rec, machine, arrays.domains, arrays.waves[:4].copy(), res)
 
 
 def export_package(trained: Trained, dest: Path, run_dir: Path, sizes: DemoSizes) -> Path:
@@ -218,24 +214,12 @@ def export_package(trained: Trained, dest: Path, run_dir: Path, sizes: DemoSizes
 # ------------------------------------------------------------------------------ 3. the unit
 
 
-@dataclass(frozen=True)
-class Recordings:
-    """The monitored unit's enrolment recording and the replay with its fault (seconds)."""
-
-    enroll_path: Path
-    replay_path: Path
-    fault: dict[str, Any] | None  # training.synth.draw_fault parameters, None = no fault
-    fault_start: float
-    fault_end: float
-    seconds: float
-
-
 def unit_spec(machine: str, seconds: float, seed: int) -> Any:
     """The monitored unit: nominal speed, 60 % load, factory background (the source domain)."""
-    from training import synth
+    from training.synth_sound import ClipSpec, recipe_for
 
-    rpm = int(round(synth.recipe_for(machine).rpm / 10) * 10)
-    return synth.ClipSpec(machine, "test", "source", "normal", 9999, rpm, 60, "factory", seed,
+    rpm = int(round(recipe_for(machine).rpm / 10) * 10)
+    return ClipSpec(machine, "test", "source", "normal", 9999, rpm, 60, "factory", seed,
                           seconds, 1.0)  # fmt: skip
 
 
@@ -249,17 +233,17 @@ def make_recordings(
 ) -> Recordings:
     """One continuous take of the unit: the first part is enrolled, the rest replayed, with the
     fault (a synth anomaly of this machine) faded in over 0.1 s for `fault_seconds`."""
-    from training import synth
+    from training.synth_sound import draw_fault, render_clip
 
     replay_s = sizes.normal_seconds + sizes.fault_seconds + sizes.after_seconds
     spec = unit_spec(machine, sizes.enroll_seconds + replay_s, seed)
-    normal = synth.render_clip(spec, fault=None)
+    normal = render_clip(spec, fault=None)
     e = int(round(sizes.enroll_seconds * SR))
     enroll, replay = normal[:e], normal[e:].copy()
     fault = None
     if fault_kind is not None:
-        fault = synth.draw_fault(spec, kind=fault_kind, severity=severity)
-        faulty = synth.render_clip(spec, fault=fault)[e:]  # the same take with the fault in it
+        fault = draw_fault(spec, kind=fault_kind, severity=severity)
+        faulty = render_clip(spec, fault=fault)[e:]  # the same take with the fault in it
         a = int(round(sizes.normal_seconds * SR))
         b = a + int(round(sizes.fault_seconds * SR))
         env = np.zeros(replay.size, np.float32)
@@ -357,275 +341,12 @@ def write_config(
     return path
 
 
-@dataclass
-class WindowScore:
-    t: float  # end of the window in the recording, seconds
-    raw: float
-    norm: float  # raw / threshold
-    state: str  # alarm state after this window
-    severity: str | None
-
-
-@dataclass
-class EventRecord:
-    event: Any  # monitor.alerting.machine.AlertEvent
-    payload: dict[str, Any]  # exactly what goes to <prefix>/<source>/events
-    offset: float  # alert clock - recording time (seconds)
-
-    def rec(self, t: float | None) -> float | None:
-        return None if t is None else t - self.offset
-
-
-@dataclass
-class ReplayRun:
-    windows: list[WindowScore] = field(default_factory=list)
-    events: list[EventRecord] = field(default_factory=list)
-    threshold: float = float("nan")
-    window_seconds: float = float("nan")
-    n_of_m: tuple[int, int] = (3, 5)
-    published: bool | None = None  # None: no broker configured
-    topic: str | None = None
-
-
-def _daemon_class() -> type:
-    """A `Daemon` that reports every scored window and alert event to the demo (same code path;
-    the two hooks only observe)."""
-    from monitor.daemon.daemon import Daemon
-
-    class DemoDaemon(Daemon):
-        on_window: Callable[[Any, Any, str | None], None]
-        on_event: Callable[[Any, Any, dict[str, Any]], None]
-        _held: list[tuple[Any, Any, dict[str, Any]]] | None = None
-
-        def _post(self, rt, w, raw, threshold, pipeline, skipped=None) -> None:  # noqa: ANN001
-            self._held = []  # events of this window are reported after the window itself
-            try:
-                super()._post(rt, w, raw, threshold, pipeline, skipped)
-            finally:
-                held, self._held = self._held, None
-            self.on_window(rt, w, skipped)
-            for item in held:
-                self.on_event(*item)
-
-        def _handle_events(self, rt, events, anchor_sample) -> None:  # noqa: ANN001
-            clips = dict(rt.clip_names)  # an end event removes its clip name
-            super()._handle_events(rt, events, anchor_sample)
-            if not events:
-                return
-            from monitor.outputs.payloads import event_payload
-
-            pipeline = self.pipelines[self.generation]
-            for ev in events:
-                clip = rt.clip_names.get(ev.event_id) or clips.get(ev.event_id)
-                payload = event_payload(
-                    ev,
-                    threshold=pipeline.thresholds.get(rt.name),
-                    model_version=pipeline.package.model_version,
-                    clip=clip,
-                )
-                if self._held is not None:
-                    self._held.append((rt, ev, payload))
-                else:
-                    self.on_event(rt, ev, payload)
-
-    return DemoDaemon
-
-
-def bar(norm: float, width: int = 30, full_scale: float = 3.0) -> str:
-    """`[#####|    ]`: the score as a bar, `|` at the threshold (1.0), clipped at `full_scale`."""
-    if not np.isfinite(norm):
-        return "[" + "?" * width + "]"
-    n = int(round(min(max(norm, 0.0), full_scale) / full_scale * width))
-    mark = int(round(width / full_scale))
-    cells = ["#" if i < n else " " for i in range(width)]
-    if cells[mark] == " ":
-        cells[mark] = "|"
-    return "[" + "".join(cells) + "]"
-
-
-def run_replay(
-    config_path: Path,
-    recordings: Recordings,
-    out: Callable[[str], None] = print,
-    timeout: float = 600.0,
-) -> ReplayRun:
-    """Run the daemon on the config's file source until the file has been scored; observe it."""
-    from monitor.audio.capture import SourceState
-    from monitor.config.schema import load_config
-
-    cfg = load_config(config_path)
-    name = cfg.sources[0].name
-    daemon = _daemon_class()(cfg, config_path)
-    run = ReplayRun(n_of_m=tuple(cfg.alerts.n_of_m))
-    offset = [0.0]
-    last_end = [0]  # sample clock: end of the last window scored
-    n_samples = round(recordings.seconds * SR)
-
-    def on_window(rt: Any, w: Any, skipped: str | None) -> None:
-        last_end[0] = w.end_sample
-        t = w.end_sample / SR
-        run.window_seconds = (w.end_sample - w.start_sample) / SR
-        if skipped is not None:
-            out(f"  {t:6.1f} s  not scored: {skipped}")
-            return
-        offset[0] = rt.last["t"] - t
-        st = rt.alert.status()
-        run.threshold = rt.last["threshold"]
-        run.windows.append(WindowScore(t, rt.last["raw"], rt.last["norm"], st.state, st.severity))
-        in_fault = recordings.fault is not None and (
-            t > recordings.fault_start and t - run.window_seconds < recordings.fault_end
-        )
-        state = st.state.upper() + (f" {st.severity}" if st.state == "active" else "")
-        out(
-            f"  {t:6.1f} s  score {rt.last['norm']:6.2f} x threshold {bar(rt.last['norm'])}  "
-            f"{state:<15}{'  <- fault in window' if in_fault else ''}"
-        )
-
-    def on_event(rt: Any, ev: Any, payload: dict[str, Any]) -> None:
-        rec = EventRecord(ev, payload, offset[0])
-        run.events.append(rec)
-        out(describe_event(rec, recordings))
-        if ev.type in ("start", "end"):
-            out(json.dumps(payload, indent=2))
-
-    daemon.on_window, daemon.on_event = on_window, on_event
-    failure: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            daemon.run(install_signals=False)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=body, name="sonitor-demo-daemon", daemon=True)
-    deadline = time.monotonic() + timeout
-    thread.start()
-    try:
-        while True:
-            if not thread.is_alive():
-                if failure:
-                    raise failure[0]
-                raise SonitorError(f"the daemon stopped before the end of {recordings.replay_path}")
-            manager = daemon.manager_of.get(name)
-            health = manager.source_health(name) if manager is not None else None
-            if health is not None and health.state is SourceState.ERROR:
-                raise SonitorError(f"source {name!r}: {health.reason}")
-            ended = health is not None and health.state is SourceState.ENDED
-            if ended and _all_scored(daemon.windowers.get(name), n_samples, last_end[0]):
-                break
-            if time.monotonic() > deadline:
-                raise SonitorError(f"the replay did not finish within {timeout:g} s")
-            time.sleep(0.05)
-        if daemon.mqtt is not None:
-            run.topic = f"{cfg.mqtt_topic_prefix}/{name}/events"
-            run.published = daemon.mqtt.wait_idle(10.0)
-    finally:
-        daemon.request_stop()
-        thread.join(30.0)
-    if daemon.mqtt is not None and run.published:
-        run.published = daemon.mqtt.stats().get("outbox_pending", 0) == 0
-    if failure:
-        raise failure[0]
-    return run
-
-
-def _all_scored(windower: Any, n_samples: int, last_end: int) -> bool:
-    """Every sample of the file was cut into windows and the last window emitted was scored."""
-    if windower is None or windower.next_sample is None:
-        return False
-    if windower.next_sample - windower.origin < n_samples:
-        return False
-    if windower.next_start == windower.origin:
-        return True  # the file is shorter than one window: nothing to score
-    return last_end >= windower.next_start - windower.hop + windower.window
-
-
-def describe_event(rec: EventRecord, recordings: Recordings) -> str:
-    """`ALERT pump: start at 63.5 s (fault injected at 60.0 s) ...`, in recording time."""
-    ev = rec.event
-    if ev.kind != "anomaly":
-        return f"{ev.kind.upper()} {ev.source}: {ev.type} at {rec.rec(ev.time):.1f} s ({ev.reason})"
-    injected = (
-        f"fault injected at {recordings.fault_start:.1f} s"
-        if recordings.fault is not None
-        else "no fault injected"
-    )
-    if ev.type == "start":
-        return (
-            f"ALERT {ev.source}: start at {rec.rec(ev.time):.1f} s ({injected}; first window over "
-            f"the threshold ended at {rec.rec(ev.start_time):.1f} s), severity {ev.severity}, "
-            f"score {ev.score:.2f} x threshold, {ev.windows_above} of {ev.windows} windows above"
-        )
-    if ev.type == "end":
-        stopped = (
-            f"fault stopped at {recordings.fault_end:.1f} s"
-            if recordings.fault is not None
-            else "no fault injected"
-        )
-        return (
-            f"ALERT {ev.source}: end at {rec.rec(ev.end_time or ev.time):.1f} s ({stopped}), "
-            f"reason {ev.reason}, lasted {(ev.end_time or ev.time) - ev.start_time:.1f} s, "
-            f"peak {ev.peak_score:.2f} x threshold"
-        )
-    return (
-        f"ALERT {ev.source}: update at {rec.rec(ev.time):.1f} s ({ev.reason}), severity "
-        f"{ev.severity}, peak {ev.peak_score:.2f} x threshold"
-    )
-
-
-def judge(run: ReplayRun, recordings: Recordings, hop_seconds: float) -> tuple[bool, str]:
-    """Pass only when an alert was raised because of the fault and at no other time.
-
-    A start raised at or before the fault's onset was confirmed by normal windows only: a false
-    alarm. The fault can raise an alert until the last window that overlaps it, plus M hops of
-    the N-of-M confirmation; a start after that is a false alarm too.
-    """
-    starts = [e for e in run.events if e.event.kind == "anomaly" and e.event.type == "start"]
-    peak = max((w.norm for w in run.windows if np.isfinite(w.norm)), default=float("nan"))
-    if not run.windows:
-        return False, "FAIL: the daemon scored no window of the replay"
-    fs, fe = recordings.fault_start, recordings.fault_end
-    latest = fe + run.window_seconds + run.n_of_m[1] * hop_seconds
-    early = [e for e in starts if e.rec(e.event.time) <= fs]
-    late = [e for e in starts if e.rec(e.event.time) > latest]
-    hits = [e for e in starts if fs < e.rec(e.event.time) <= latest]
-    if recordings.fault is None:
-        if starts:
-            t = starts[0].rec(starts[0].event.time)
-            return False, f"FAIL: false alarm at {t:.1f} s (no fault was injected)"
-        return False, (
-            f"FAIL: no alert, as expected without a fault (peak score {peak:.2f} x threshold): "
-            "the demo passes only when it detects the fault it injects"
-        )
-    if early:
-        t = early[0].rec(early[0].event.time)
-        return False, f"FAIL: false alarm at {t:.1f} s, before the fault was injected at {fs:.1f} s"
-    if late:
-        t = late[0].rec(late[0].event.time)
-        return False, f"FAIL: false alarm at {t:.1f} s, after the fault ended at {fe:.1f} s"
-    if not hits:
-        fault_peak = max(
-            (w.norm for w in run.windows if w.t > fs and w.t - run.window_seconds < fe),
-            default=float("nan"),
-        )
-        return False, (
-            f"FAIL: missed the fault injected at {fs:.1f}-{fe:.1f} s: no alert (peak score during "
-            f"the fault {fault_peak:.2f} x threshold; {run.n_of_m[0]} of {run.n_of_m[1]} windows "
-            "must reach 1.00)"
-        )
-    t = hits[0].rec(hits[0].event.time)
-    return True, (
-        f"PASS: the alert was raised at {t:.1f} s, {t - fs:.1f} s after the fault was injected, "
-        f"and no alert before it (peak score {peak:.2f} x threshold)"
-    )
-
-
 # ------------------------------------------------------------------------------ the command
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `sonitor demo`."""
-    from training.synth import ANOMALY_TYPES
+    from training.synth_sound import ANOMALY_TYPES
 
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

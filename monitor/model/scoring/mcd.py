@@ -61,7 +61,7 @@ def _c_steps(X: np.ndarray, support: np.ndarray, h: int, max_iter: int) -> _Esti
     current estimate never have a larger covariance determinant, so iterate until it stops
     decreasing. Returns (logdet, location, covariance, support indices)."""
     location = X[support].mean(axis=0)
-    cov = np.cov(X[support], rowvar=False, bias=True).reshape(X.shape[1], X.shape[1])
+    cov: np.ndarray = np.cov(X[support], rowvar=False, bias=True).reshape(X.shape[1], X.shape[1])
     det = _logdet(cov)
     for _ in range(max_iter):
         if np.isinf(det):
