@@ -31,15 +31,20 @@ from monitor import __version__
 from monitor.model.enroll import (
     DEFAULT_MAX_BANK,
     calibration_scores,
-    machine_entry,
     scorer_spec,
     subsample_bank,
 )
 from monitor.model.package import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
     Bank,
+    CalibrationDefaults,
+    EncoderSpec,
+    FrontendParams,
+    Int8Encoder,
+    MachineEntry,
+    Manifest,
     PackageWriter,
+    ScorerSpec,
+    SeparatorSpec,
     pack_archive,
     utc_now,
     validate_machine_name,
@@ -115,16 +120,96 @@ def _check_grid(window_s: float, hop_s: float, sample_rate: int, frame_hop: int 
             )
 
 
-def _separator_entry(encoder: ExportedEncoder, separator: Path | None) -> dict[str, Any] | None:
-    """Manifest entry: a waveform -> waveform graph given as ``separator``, or the frames ->
-    frames separator exported with the encoder (runs between frontend.onnx and backbone.onnx)."""
+def _frontend_params(encoder: ExportedEncoder) -> FrontendParams:
+    """The framing the encoder was exported with (its sample rate is the package's own key)."""
+    params = {k: v for k, v in encoder.frontend_params.items() if k != "sample_rate"}
+    if not params:  # no split graphs: the runtime only needs to know the minimum framing
+        return FrontendParams(n_fft=1, hop_length=1, n_mels=1)
+    # the exporter describes it as a dict: from_dict keeps what FrontendParams does not model
+    return FrontendParams.from_dict(params, "export")
+
+
+def _int8_spec(int8: Int8Files | None) -> Int8Encoder | None:
+    """The int8 graphs under the names `_add_graphs` gives them, with the drift measured."""
+    if int8 is None:
+        return None
+    backbone = "backbone.int8.onnx" if int8.backbone is not None else None
+    return Int8Encoder(full="encoder.int8.onnx", backbone=backbone, drift=int8.drift)
+
+
+def _encoder_spec(encoder: ExportedEncoder, int8: Int8Files | None, precision: str) -> EncoderSpec:
+    """The encoder section: fixed file names, so the package never depends on export paths."""
+    return EncoderSpec(
+        full="encoder.onnx",
+        frontend="frontend.onnx" if encoder.frontend else None,
+        backbone="backbone.onnx" if encoder.backbone else None,
+        int8=_int8_spec(int8),
+        precision=precision,
+        arch=encoder.arch,
+        opset=encoder.opset,
+        extra={"input": "waveform", "output": "embedding"},  # for readers of the JSON
+    )
+
+
+def _separator_spec(
+    encoder: ExportedEncoder, separator: Path | None, frontend: FrontendParams
+) -> SeparatorSpec | None:
+    """A waveform -> waveform graph given as ``separator``, or the frames -> frames separator
+    exported with the encoder (runs between frontend.onnx and backbone.onnx)."""
     if separator and encoder.separator:
         raise ExportError("two separators: the model has one inside and another was given")
     if separator:
-        return {"file": "separator.onnx", "input": "waveform", "output": "waveform"}
+        return SeparatorSpec(file="separator.onnx", input="waveform", output="waveform")
     if encoder.separator:
-        return {"file": "separator.onnx", **(encoder.separator_info or {})}
+        # the exporter's description is a dict (with keys such as mask_mode that SeparatorSpec
+        # keeps as extra); from_dict also checks it against the front-end before any writing
+        info = {"file": "separator.onnx", **(encoder.separator_info or {})}
+        return SeparatorSpec.from_dict(info, frontend, "export")
     return None
+
+
+def _scorer_spec(
+    default_scorer: tuple[str, dict[str, Any]] | None, machines: Sequence[MachineSpec]
+) -> ScorerSpec:
+    """The scorer of machines enrolled later: as asked, else the first machine's, else k-NN."""
+    if default_scorer is None and machines:
+        default_scorer = scorer_spec(machines[0].scorer)
+    if default_scorer is None:
+        return ScorerSpec("rescaled_knn", {"k": 16, "metric": "cosine"})
+    return ScorerSpec(*default_scorer)
+
+
+def _add_graphs(
+    w: PackageWriter, encoder: ExportedEncoder, int8: Int8Files | None, separator: Path | None
+) -> None:
+    """Stage every ONNX graph under the names that `_encoder_spec` and `_separator_spec` use."""
+    w.add_file("encoder.onnx", encoder.full)
+    if encoder.frontend and encoder.backbone:
+        w.add_file("frontend.onnx", encoder.frontend)
+        w.add_file("backbone.onnx", encoder.backbone)
+    if int8 is not None:
+        w.add_file("encoder.int8.onnx", int8.full)
+        if int8.backbone is not None:
+            w.add_file("backbone.int8.onnx", int8.backbone)
+    sep = separator or encoder.separator
+    if sep:
+        w.add_file("separator.onnx", sep)
+
+
+def _add_machine(
+    w: PackageWriter,
+    spec: MachineSpec,
+    history: dict[str, Any],
+    max_bank: int,
+    calibration: tuple[str, float],
+) -> MachineEntry:
+    """Stage one machine's bank and calibration; its manifest entry (history: the export)."""
+    validate_machine_name(spec.name)
+    bank, cal = _machine_bank(spec, max_bank, *calibration)
+    entry = MachineEntry.describe(spec.name, bank, cal.threshold, [dict(history, **spec.info)])
+    bank.save(w.path(entry.bank))
+    w.write_json(entry.calibration, cal.to_dict())
+    return entry
 
 
 def write_package(
@@ -150,67 +235,34 @@ def write_package(
     _check_grid(window_seconds, hop_seconds, sample_rate, encoder.frontend_params.get("hop_length"))
     if precision == "int8" and int8 is None:
         raise ExportError("precision int8 needs the int8 encoder (--int8)")
-    method, q = calibration
     history = {"time": utc_now(), "action": "export", "recipe": recipe}
-    if default_scorer is None and machines:
-        default_scorer = scorer_spec(machines[0].scorer)
-    enc: dict[str, Any] = {
-        "arch": encoder.arch,
-        "full": "encoder.onnx",
-        "frontend": "frontend.onnx" if encoder.frontend else None,
-        "backbone": "backbone.onnx" if encoder.backbone else None,
-        "int8": None,
-        "precision": precision,
-        "opset": encoder.opset,
-        "input": "waveform",
-        "output": "embedding",
-    }
-    manifest: dict[str, Any] = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "created": utc_now(),
-        "sonitor_version": __version__,
-        "recipe": recipe,
-        "sample_rate": sample_rate,
-        "window_seconds": float(window_seconds),
-        "hop_seconds": float(hop_seconds),
-        "embedding_dim": int(encoder.embedding_dim),
-        "frontend": {k: v for k, v in encoder.frontend_params.items() if k != "sample_rate"},
-        "encoder": enc,
-        "separator": _separator_entry(encoder, separator),
-        "scorer": {"name": default_scorer[0], "params": default_scorer[1]}
-        if default_scorer
-        else {"name": "rescaled_knn", "params": {"k": 16, "metric": "cosine"}},
-        "calibration": {"method": method, "q": q},
-        "max_bank_size": int(max_bank_size),
-        "training_data": training_data or {},
-        "parity": parity or {},
-        "machines": {},
-    }
-    if not manifest["frontend"]:
-        # no split graphs: the runtime only needs to know the minimum framing
-        manifest["frontend"] = {"n_fft": 1, "hop_length": 1, "n_mels": 1}
+    frontend = _frontend_params(encoder)
+    separator_spec = _separator_spec(encoder, separator, frontend)
     with PackageWriter(dest) as w:
-        w.add_file("encoder.onnx", encoder.full)
-        if encoder.frontend and encoder.backbone:
-            w.add_file("frontend.onnx", encoder.frontend)
-            w.add_file("backbone.onnx", encoder.backbone)
-        if int8 is not None:
-            w.add_file("encoder.int8.onnx", int8.full)
-            enc["int8"] = {"full": "encoder.int8.onnx", "backbone": None, "drift": int8.drift}
-            if int8.backbone is not None:
-                w.add_file("backbone.int8.onnx", int8.backbone)
-                enc["int8"]["backbone"] = "backbone.int8.onnx"
-        if separator or encoder.separator:
-            w.add_file("separator.onnx", separator or encoder.separator)
-        for spec in machines:
-            validate_machine_name(spec.name)
-            bank, cal = _machine_bank(spec, max_bank_size, method, q)
-            entry = machine_entry(spec.name, bank, cal, [dict(history, **spec.info)])
-            bank.save(w.path(entry["bank"]))
-            w.write_json(entry["calibration"], cal.to_dict())
-            manifest["machines"][spec.name] = entry
-        out = w.commit(manifest)
+        _add_graphs(w, encoder, int8, separator)
+        entries = {
+            spec.name: _add_machine(w, spec, history, max_bank_size, calibration)
+            for spec in machines
+        }
+        manifest = Manifest(
+            recipe=recipe,
+            sample_rate=sample_rate,
+            window_seconds=float(window_seconds),
+            hop_seconds=float(hop_seconds),
+            embedding_dim=int(encoder.embedding_dim),
+            frontend=frontend,
+            encoder=_encoder_spec(encoder, int8, precision),
+            machines=entries,
+            separator=separator_spec,
+            scorer=_scorer_spec(default_scorer, machines),
+            calibration=CalibrationDefaults(calibration[0], float(calibration[1])),
+            max_bank_size=int(max_bank_size),
+            training_data=training_data or {},
+            parity=parity or {},
+            created=utc_now(),
+            sonitor_version=__version__,
+        )
+        out = w.commit(manifest)  # fills in ``files`` with the staged files' checksums
     if archive:
         pack_archive(out, archive)
     return out

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from monitor.alerting.machine import AlertEvent, AlertMachine, AlertPolicy, event_id_for
+from monitor.config import parse_config
 from monitor.errors import ConfigError
 
 T0 = 1_700_000_000.0
@@ -280,16 +281,32 @@ def test_deterministic_for_a_scripted_sequence() -> None:
         assert all(e.type == "update" for e in evs[1:-1])
 
 
+CONFIG = "model:\n  package: pkg\nsources:\n  - {name: a, type: file, machine: fan, path: a.wav}\n"
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "key"),
+    ("alerts", "key", "why"),
     [
-        ({"n_above": 6, "m_windows": 5}, "n_above"),
-        ({"off_threshold": 1.2}, "off_threshold"),
-        ({"critical_threshold": 0.5}, "critical_threshold"),
-        ({"cooldown_s": -1.0}, "cooldown_s"),
-        ({"m_windows": 0}, "m_windows"),
+        ("{n_of_m: [6, 5]}", "alerts.n_of_m", "1 <= N <= M <= 10000, got [6, 5]"),
+        ("{off_threshold: 1.2}", "alerts", "off_threshold (1.2) must not exceed on_threshold"),
+        ("{critical_threshold: 0.5}", "alerts", "critical_threshold (0.5) must be >= on_threshold"),
+        ("{cooldown_seconds: -1.0}", "alerts.cooldown_seconds", "greater than or equal to 0"),
+        ("{n_of_m: [0, 0]}", "alerts.n_of_m", "1 <= N <= M <= 10000, got [0, 0]"),
+        ("{clear_windows: 0}", "alerts.clear_windows", "greater than or equal to 1"),
+        ("{on_threshold: .inf}", "alerts.on_threshold", "finite number"),
     ],
 )
-def test_policy_validation_names_the_key(kwargs: dict, key: str) -> None:
-    with pytest.raises(ConfigError, match=key):
-        AlertPolicy(**kwargs)
+def test_schema_refuses_bad_alert_policy_naming_the_key(alerts: str, key: str, why: str) -> None:
+    """The rules on AlertPolicy live in the schema (`alerts:`); the policy is built from it."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{CONFIG}alerts: {alerts}\n", "sonitor.yaml")
+    assert f"{key}: " in str(info.value) and why in str(info.value)
+
+
+def test_alert_policy_is_built_from_the_config() -> None:
+    from monitor.daemon.wiring import alert_policy
+
+    cfg = parse_config(f"{CONFIG}alerts: {{n_of_m: [2, 4], clear_windows: 7}}\n", "sonitor.yaml")
+    policy = alert_policy(cfg)
+    assert (policy.n_above, policy.m_windows, policy.k_below) == (2, 4, 7)
+    assert policy.off_threshold <= policy.on_threshold <= policy.critical_threshold

@@ -14,12 +14,11 @@ import soundfile as sf
 
 from monitor.audio.capture import (
     CaptureManager,
-    DeviceSourceSpec,
     FileSourceSpec,
     LivenessSpec,
     SourceState,
-    validate_specs,
 )
+from monitor.config import parse_config
 from monitor.errors import ConfigError
 
 SR = 16000
@@ -223,18 +222,40 @@ def test_stop_is_prompt_with_a_paced_file(tmp_path: Path) -> None:
     assert m.source_health("a").state is SourceState.STOPPED
 
 
-def test_bad_specs_are_config_errors(tmp_path: Path) -> None:
-    f = tmp_path / "x.wav"
-    with pytest.raises(ConfigError, match="duplicate source name"):
-        validate_specs([FileSourceSpec("a", f), DeviceSourceSpec("a")])
-    with pytest.raises(ConfigError, match="source 'm': channel must be"):
-        validate_specs([DeviceSourceSpec("m", channel=-1)])
-    with pytest.raises(ConfigError, match="samplerate 5"):
-        validate_specs([DeviceSourceSpec("m", samplerate=5)])
-    with pytest.raises(ConfigError, match="reopen_max_seconds"):
-        CaptureManager([], liveness=LivenessSpec(reopen_initial_seconds=5, reopen_max_seconds=1))
+SOURCES = "model:\n  package: pkg\nsources:\n  - {name: a, type: file, machine: fan, path: a.wav}\n"
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key", "why"),
+    [
+        ("  - {name: a, type: device, machine: fan}\n", "sources", "duplicate source name 'a'"),
+        (
+            "  - {name: m, type: device, machine: fan, channel: -1}\n",
+            "sources[1].channel",
+            "greater than or equal to 0 (got -1)",
+        ),
+        (
+            "  - {name: m, type: device, machine: fan, samplerate: 5}\n",
+            "sources[1].samplerate",
+            "greater than or equal to 8000 (got 5)",
+        ),
+        (
+            "capture:\n  reopen_initial_seconds: 5\n  reopen_max_seconds: 1\n",
+            "capture",
+            "reopen_max_seconds must be >= reopen_initial_seconds",
+        ),
+    ],
+)
+def test_bad_source_settings_are_config_errors(snippet: str, key: str, why: str) -> None:
+    """The schema holds the capture rules: a bad source is refused before any device is opened."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(SOURCES + snippet, "sonitor.yaml")
+    assert f"{key}:" in str(info.value) and why in str(info.value)
+
+
+def test_unknown_capture_source_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown capture source 'zz'"):
-        CaptureManager([FileSourceSpec("a", f)]).read_new("zz")
+        CaptureManager([FileSourceSpec("a", tmp_path / "x.wav")]).read_new("zz")
 
 
 @pytest.mark.realdata

@@ -15,6 +15,7 @@ import soundfile as sf
 from monitor.alerting.clips import ClipJob, ClipPolicy, ClipRecorder, ClipWriter, clip_name
 from monitor.alerting.machine import AlertEvent, AlertMachine, AlertPolicy
 from monitor.audio.ringbuffer import RingBuffer
+from monitor.config import parse_config
 from monitor.errors import ConfigError
 
 SR = 16000
@@ -277,13 +278,36 @@ def test_flush_writes_an_unfinished_clip(tmp_path: Path) -> None:
     assert job.audio.size == SR // 2 + SR // 4 and job.sidecar["end_time"] is None
 
 
+CONFIG = "model:\n  package: pkg\nsources:\n  - {name: a, type: file, machine: fan, path: a.wav}\n"
+
+
 @pytest.mark.parametrize(
-    ("kw", "key"),
-    [({"pre_roll_s": -1}, "pre_roll_s"), ({"queue_size": 0}, "queue_size")],
+    ("clips", "key", "why"),
+    [
+        ("{pre_roll_seconds: -1}", "clips.pre_roll_seconds", "greater than or equal to 0"),
+        ("{post_roll_seconds: -1}", "clips.post_roll_seconds", "greater than or equal to 0"),
+        ("{max_event_seconds: 0}", "clips.max_event_seconds", "greater than 0"),
+        ("{max_age_days: 0}", "clips.max_age_days", "greater than 0"),
+        ("{min_free_bytes: -1}", "clips.min_free_bytes", "greater than or equal to 0"),
+        ("{retention_interval_seconds: 0}", "clips.retention_interval_seconds", "greater than 0"),
+    ],
 )
-def test_policy_validation(tmp_path: Path, kw: dict, key: str) -> None:
-    with pytest.raises(ConfigError, match=key):
-        policy(tmp_path, **kw)
+def test_schema_refuses_bad_clip_policy_naming_the_key(clips: str, key: str, why: str) -> None:
+    """The rules on ClipPolicy live in the schema (`clips:`); the policy is built from it."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{CONFIG}clips: {clips}\n", "sonitor.yaml")
+    assert f"{key}: " in str(info.value) and why in str(info.value)
+
+
+def test_clip_policy_from_config_has_a_bounded_queue(tmp_path: Path) -> None:
+    """queue_size is no config key: the policy built from any config keeps the writer bounded."""
+    from monitor.daemon.wiring import clip_policy
+
+    cfg = parse_config(f"{CONFIG}clips: {{dir: clips, max_age_days: 2}}\n", tmp_path / "s.yaml")
+    pol = clip_policy(cfg)
+    assert pol.directory == tmp_path / "clips" and pol.max_age_s == 2 * 86400.0
+    writer = ClipWriter(pol)
+    assert 1 <= writer._queue.maxsize == pol.queue_size
 
 
 def test_unwritable_directory_is_a_config_error(tmp_path: Path) -> None:

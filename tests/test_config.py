@@ -114,6 +114,10 @@ def test_wrong_type_names_key_value_and_line(tmp_path: Path) -> None:
         ("mqtt:\n  port: 70000\n", "mqtt.port"),
         ("mqtt:\n  qos: 3\n", "mqtt.qos"),
         ("mqtt:\n  topic_prefix: 'a/#'\n", "mqtt.topic_prefix"),
+        ('mqtt:\n  topic_prefix: "a/b\\0"\n', "mqtt.topic_prefix"),
+        ("mqtt:\n  client_id: ''\n", "mqtt.client_id"),
+        ("capture:\n  clip_level: 1.5\n", "capture.clip_level"),
+        ("capture:\n  check_interval_seconds: 0\n", "capture.check_interval_seconds"),
         ("inference:\n  max_batch: 0\n", "inference.max_batch"),
         ("capture:\n  stall_seconds: .inf\n", "capture.stall_seconds"),
         ("scoring:\n  ema_alpha: .nan\n", "scoring.ema_alpha"),
@@ -163,6 +167,26 @@ def test_source_type_errors(tmp_path: Path) -> None:
     )
     assert "sources[0].type: unknown source type 'mic'" in msg
     assert "sources[1].type: required key is missing" in msg
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("gain_db: 61", "sources[1].gain_db"),  # +-60 dB (the capture code once allowed +-120)
+        ("gain_db: .inf", "sources[1].gain_db"),
+        ("samplerate: 768000", "sources[1].samplerate"),  # 8000..384000 Hz
+        ("samplerate: 4000", "sources[1].samplerate"),
+        ("channel: -1", "sources[1].channel"),
+        ("blocksize: -1", "sources[1].blocksize"),
+    ],
+)
+def test_device_source_limits(tmp_path: Path, setting: str, key: str) -> None:
+    text = MINIMAL + f"  - name: pump1\n    type: device\n    machine: pump\n    {setting}\n"
+    assert key in error_of(tmp_path, text)
+
+
+def test_file_source_block_must_be_positive(tmp_path: Path) -> None:
+    assert "sources[0].block_seconds" in error_of(tmp_path, MINIMAL + "    block_seconds: 0\n")
 
 
 def test_duplicate_and_bad_source_names(tmp_path: Path) -> None:

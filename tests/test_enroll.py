@@ -420,6 +420,33 @@ def test_manifest_history_is_json_serialisable(pkg_dir):
     json.dumps(ModelPackage.load(pkg_dir).manifest.to_dict())
 
 
+def test_enrolment_rewrites_only_its_machine_and_keeps_unknown_keys(pkg_dir):
+    """Keys a newer writer added survive an enrolment; nothing but the machine, its files and
+    ``modified`` changes (the manifest goes through the typed `Manifest`, not a JSON dict)."""
+    from monitor.model.package import PackageWriter
+
+    raw = ModelPackage.load(pkg_dir).manifest.to_dict()
+    raw["future_key"] = {"a": [1, 2]}
+    raw["encoder"]["future_encoder_key"] = "x"
+    raw["machines"]["pump"]["future_machine_key"] = 3
+    with PackageWriter(pkg_dir) as w:
+        for rel in raw.pop("files"):
+            w.add_file(rel, pkg_dir / rel)
+        w.commit(raw)
+    before = ModelPackage.load(pkg_dir).manifest.to_dict()
+    en.enroll(pkg_dir, "fan", waveforms=[("x", synthetic_machine_audio("fan", 1, 4.0)[0])])
+    after = ModelPackage.load(pkg_dir).manifest.to_dict()
+    assert after["future_key"] == {"a": [1, 2]}
+    assert after["encoder"]["future_encoder_key"] == "x"
+    assert after["machines"]["pump"] == before["machines"]["pump"]
+    assert after["machines"]["fan"]["history"][:-1] == before["machines"]["fan"]["history"]
+    for m in (before, after):
+        for key in ("files", "modified"):
+            m.pop(key, None)
+        m["machines"].pop("fan")
+    assert after == before
+
+
 def test_errors_reach_the_user_through_the_sonitor_command(tmp_path, monkeypatch, capsys):
     """Wired into `sonitor`, a bad package path is exit code 2 and one clear line."""
     import monitor.cli.sonitor as cli

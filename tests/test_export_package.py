@@ -300,6 +300,30 @@ def test_package_with_a_separator(tmp_path, lowpass_onnx):
     np.testing.assert_allclose(e[1], emb.embed(x[:1, 8000:40000])[0], atol=1e-4)
 
 
+def test_one_separator_at_most(tmp_path, lowpass_onnx):
+    """A model with a separator inside and another given: refused before anything is written."""
+    import dataclasses
+
+    from package_fixtures import exported_tiny_encoder
+
+    from export.package_writer import write_package
+
+    enc = dataclasses.replace(
+        exported_tiny_encoder(),
+        separator=lowpass_onnx,
+        separator_info={"input": "frames", "output": "frames", "context_frames": 2},
+    )
+    with pytest.raises(ExportError, match="two separators"):
+        write_package(
+            tmp_path / "pkg", enc, [], recipe="t", window_seconds=2.0, hop_seconds=0.5,
+            separator=lowpass_onnx,
+        )  # fmt: skip
+    assert not (tmp_path / "pkg").exists()
+    path = write_package(tmp_path / "pkg", enc, [], recipe="t", window_seconds=2.0, hop_seconds=0.5)
+    sep = ModelPackage.load(path, check_encoder=False).manifest.separator
+    assert sep is not None and sep.kind == "frames" and sep.context_frames == 2
+
+
 def test_run_dir_rebuilds_the_simclr_model(tmp_path):
     """SimCLR's encoder + projection head (nested constructor arguments) survive a run dir."""
     from export.run_dir import load_run, save_run

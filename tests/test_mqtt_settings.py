@@ -3,33 +3,46 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
+from monitor.config import parse_config
 from monitor.errors import ConfigError
 from monitor.outputs.mqtt import MqttSettings, Topics, mute_until
 
+MINIMAL = "model:\n  package: pkg\nsources:\n  - {name: a, type: file, machine: fan, path: a.wav}\n"
+
 
 @pytest.mark.parametrize(
-    ("kwargs", "key"),
+    ("mqtt", "key", "why"),
     [
-        ({"port": 0}, "port"),
-        ({"topic_prefix": "a/+/b"}, "topic_prefix"),
-        ({"topic_prefix": "a//b"}, "topic_prefix"),
-        ({"topic_prefix": "has space"}, "topic_prefix"),
-        ({"client_id": ""}, "client_id"),
-        ({"qos": 3}, "qos"),
-        ({"protocol": "4"}, "protocol"),
-        ({"username": "u", "password_env": "A", "password_file": Path("f")}, "password_file"),
-        ({"password_env": "A"}, "username"),
-        ({"tls_cert_file": Path("c")}, "tls_cert_file"),
-        ({"reconnect_min_s": 5.0, "reconnect_max_s": 1.0}, "reconnect_min_s"),
+        ("{port: 0}", "mqtt.port", "greater than or equal to 1"),
+        ("{topic_prefix: a/+/b}", "mqtt.topic_prefix", "should match pattern"),
+        ("{topic_prefix: a//b}", "mqtt.topic_prefix", "should match pattern"),
+        ("{topic_prefix: has space}", "mqtt.topic_prefix", "should match pattern"),
+        ('{topic_prefix: "a/b\\0c"}', "mqtt.topic_prefix", "should match pattern"),
+        ("{client_id: ''}", "mqtt.client_id", "at least 1 character"),
+        ("{qos: 3}", "mqtt.qos", "Input should be 0, 1 or 2"),
+        ("{protocol: '4'}", "mqtt.protocol", "'3.1.1' or '5'"),
+        (
+            "{username: u, password_env: A, password_file: f}",
+            "mqtt",
+            "either password_env or password_file, not both",
+        ),
+        ("{password_env: A}", "mqtt", "a password (password_env / password_file) needs a username"),
+        ("{tls: {cert_file: c}}", "mqtt.tls", "cert_file and key_file must be given together"),
+        (
+            "{reconnect_min_seconds: 5.0, reconnect_max_seconds: 1.0}",
+            "mqtt",
+            "reconnect_max_seconds must be >= reconnect_min_seconds",
+        ),
     ],
 )
-def test_settings_validation_names_the_key(kwargs: dict, key: str) -> None:
-    with pytest.raises(ConfigError, match=f"mqtt.{key}"):
-        MqttSettings(**kwargs)
+def test_schema_refuses_bad_mqtt_settings_naming_the_key(mqtt: str, key: str, why: str) -> None:
+    """The rules on MqttSettings live in the schema: a bad `mqtt:` section is refused at load."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{MINIMAL}mqtt: {mqtt}\n", "sonitor.yaml")
+    assert f"{key}: " in str(info.value) and why in str(info.value)
 
 
 def test_settings_hold_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,6 +47,11 @@ class ClipPolicy:
       system: retention limits, oldest deleted first.
     - ``queue_size`` 8 clips waiting for the writer; more are dropped and counted.
     - ``retention_interval_s`` 900: retention also runs on this timer (ages pass without writes).
+
+    Plain values: the rules on the configurable ones live in the config schema (``clips:`` in
+    ``monitor/config/detection.py``) and ``monitor.daemon.wiring.clip_policy`` builds this from a
+    validated config. Whether the folder can be created is only known at run time: the
+    :class:`ClipWriter` checks it.
     """
 
     directory: Path
@@ -59,16 +64,6 @@ class ClipPolicy:
     min_free_bytes: int = 100_000_000
     queue_size: int = 8
     retention_interval_s: float = 900.0
-
-    def __post_init__(self) -> None:
-        for key in ("pre_roll_s", "post_roll_s", "max_age_s", "retention_interval_s"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"clips: {key}={getattr(self, key)!r} must be >= 0")
-        for key in ("max_clip_s", "sample_rate", "max_total_bytes", "queue_size"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"clips: {key}={getattr(self, key)!r} must be > 0")
-        if self.min_free_bytes < 0:
-            raise ConfigError(f"clips: min_free_bytes={self.min_free_bytes!r} must be >= 0")
 
 
 def clip_name(event_id: str) -> str:

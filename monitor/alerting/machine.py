@@ -18,8 +18,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from monitor.errors import ConfigError
-
 EventKind = Literal["anomaly", "capture", "test"]
 EventType = Literal["start", "update", "end"]
 Severity = Literal["warning", "critical"]
@@ -57,6 +55,10 @@ class AlertPolicy:
       (reason ``invalid_scores``); single invalid windows are skipped and counted.
     - ``capture_alarm_delay_s`` 0: how long capture must stay unhealthy before a capture alarm.
     - ``max_event_scores`` 3600: per-event score history kept for the clip sidecar (bounded).
+
+    Plain values: the rules on them (N <= M, off <= on <= critical, non-negative times...) live in
+    the config schema (``alerts:`` in ``monitor/config/detection.py``), and
+    ``monitor.daemon.wiring.alert_policy`` builds this from a validated config.
     """
 
     on_threshold: float = 1.0
@@ -72,30 +74,6 @@ class AlertPolicy:
     invalid_limit: int = 10
     capture_alarm_delay_s: float = 0.0
     max_event_scores: int = 3600
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("m_windows", self.m_windows >= 1, "must be >= 1"),
-            ("n_above", 1 <= self.n_above <= self.m_windows, "must be between 1 and m_windows"),
-            ("k_below", self.k_below >= 1, "must be >= 1"),
-            ("on_threshold", math.isfinite(self.on_threshold), "must be finite"),
-            ("off_threshold", self.off_threshold <= self.on_threshold, "must be <= on_threshold"),
-            (
-                "critical_threshold",
-                self.critical_threshold >= self.on_threshold,
-                "must be >= on_threshold",
-            ),
-            ("min_hold_s", self.min_hold_s >= 0, "must be >= 0"),
-            ("cooldown_s", self.cooldown_s >= 0, "must be >= 0"),
-            ("update_interval_s", self.update_interval_s >= 0, "must be >= 0"),
-            ("peak_step", self.peak_step >= 0, "must be >= 0"),
-            ("invalid_limit", self.invalid_limit >= 1, "must be >= 1"),
-            ("capture_alarm_delay_s", self.capture_alarm_delay_s >= 0, "must be >= 0"),
-            ("max_event_scores", self.max_event_scores >= 0, "must be >= 0"),
-        ]
-        for key, ok, why in checks:
-            if not ok:
-                raise ConfigError(f"alert policy: {key}={getattr(self, key)!r} {why}")
 
 
 @dataclass(frozen=True)
@@ -199,8 +177,6 @@ class AlertMachine:
     """
 
     def __init__(self, source: str, policy: AlertPolicy | None = None) -> None:
-        if not source:
-            raise ConfigError("alert machine: source name must not be empty")
         self.source = source
         self.policy = policy or AlertPolicy()
         self._history: deque[tuple[float, float]] = deque(maxlen=self.policy.m_windows)

@@ -7,7 +7,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,19 +19,11 @@ def _capture(config: Path, source: str, seconds: float, timeout: float | None = 
     """Record ``seconds`` of 16 kHz audio from a source configured for the daemon."""
     from monitor.audio import capture
     from monitor.config import load_config
+    from monitor.daemon.wiring import source_spec
 
     cfg = load_config(config)
     src = cfg.source(source)
-    if src.type == "file":
-        spec: Any = capture.FileSourceSpec(
-            name=src.name, path=Path(src.path), realtime=src.realtime, loop=src.loop,
-            gain_db=src.gain_db, channel=src.channel, block_s=src.block_seconds,
-        )  # fmt: skip
-    else:
-        spec = capture.DeviceSourceSpec(
-            name=src.name, device=src.device, channel=src.channel, gain_db=src.gain_db,
-            samplerate=src.samplerate, blocksize=src.blocksize, latency=src.latency,
-        )  # fmt: skip
+    spec = source_spec(src)  # the daemon's own mapping from the config
     need = int(round(seconds * capture.TARGET_RATE))
     parts, have = [], 0
     deadline = time.monotonic() + (timeout if timeout is not None else seconds * 2 + 15)

@@ -9,6 +9,10 @@ from pydantic import Field, model_validator
 
 from monitor.config.base import ConfPath, Strict
 
+# MQTT topic levels: non-empty, no wildcard ('+', '#'), no space, no NUL (forbidden in topics).
+_TOPIC_LEVELS = r"^[^#+/\s\x00]+(/[^#+/\s\x00]+)*$"
+_SPARKPLUG_ID = r"^[^#+/\s\x00]+$"
+
 
 class TlsConfig(Strict):
     enabled: bool = Field(False, description="Connect with TLS.")
@@ -45,12 +49,14 @@ class MqttConfig(Strict):
     topic_prefix: str | None = Field(
         None,
         min_length=1,
-        pattern=r"^[^#+/\s]+(/[^#+/\s]+)*$",
+        pattern=_TOPIC_LEVELS,
         description="Topic prefix: topics are <prefix>/availability, <prefix>/<source>/state ... "
         "null = 'sonitor/<node.name>'. Levels separated by '/', no wildcards or spaces.",
     )
     client_id: str | None = Field(
-        None, description="MQTT client id; null = 'sonitor-<node.name>'. Must be unique per broker."
+        None,
+        min_length=1,
+        description="MQTT client id; null = 'sonitor-<node.name>'. Must be unique per broker.",
     )
     qos: Literal[0, 1, 2] = Field(
         1, description="QoS of state, health and availability; events always use at least 1."
@@ -92,10 +98,6 @@ class MqttConfig(Strict):
         if self.reconnect_max_seconds < self.reconnect_min_seconds:
             raise ValueError("reconnect_max_seconds must be >= reconnect_min_seconds")
         return self
-
-
-_TOPIC_LEVELS = r"^[^#+/\s]+(/[^#+/\s]+)*$"
-_SPARKPLUG_ID = r"^[^#+/\s]+$"
 
 
 class HomeAssistantConfig(Strict):

@@ -1,9 +1,13 @@
 """How the daemon's config becomes running parts.
 
-The config schema (the `monitor.config` package) is the single source of truth for every key; the
-components (capture, alerts, clips, MQTT) take small settings dataclasses of their own. The
-functions here map one onto the other. Also here: the model pipeline (package + onnxruntime
-embedder) and the capture groups (which sources share a capture manager).
+The config schema (the `monitor.config` package) is the single source of truth for every key and
+every rule on its value; the components (capture, alerts, clips, MQTT, Sparkplug) take small
+settings dataclasses of their own, plain values that do not check themselves again. The functions
+here map a validated `Config` onto them. What the schema cannot know is checked where it is met:
+the model package (`Pipeline.build`: machines, window and hop), folders, secrets, ports.
+
+Also here: the model pipeline (package + onnxruntime embedder) and the capture groups (which
+sources share a capture manager).
 """
 
 from __future__ import annotations

@@ -367,11 +367,6 @@ def _calibrate(calibrate: Any, scores: np.ndarray, method: str, q: float, machin
         raise SonitorError(f"machine {machine!r}: cannot calibrate the threshold: {exc}") from None
 
 
-def machine_entry(machine: str, bank: Bank, cal: Any, history: list[dict[str, Any]]) -> dict:
-    """The JSON form of `MachineEntry.describe`, for writers that assemble a manifest as JSON."""
-    return MachineEntry.describe(machine, bank, cal.threshold, history).to_dict()
-
-
 def write_machine(
     pkg: ModelPackage,
     dest: Path,

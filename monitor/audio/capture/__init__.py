@@ -18,7 +18,7 @@ first (PortAudio does not see hot-plug). A device missing at start-up is not fat
 stays ``missing`` and keeps retrying. Several sources may share one multichannel device: one
 stream, one ring buffer per channel.
 
-Modules: `specs` (source settings and their checks), `health` (states and snapshots), `source`
+Modules: `specs` (source settings: plain values), `health` (states and snapshots), `source`
 (what every source does: liveness tracking, resampling, history), `file_source` and
 `device_source` (the two producers), `manager` (`CaptureManager`, the supervisor). Only the
 names in ``__all__`` are meant for use outside this package.
@@ -32,7 +32,6 @@ from monitor.audio.capture.specs import (
     FileSourceSpec,
     LivenessSpec,
     SourceSpec,
-    validate_specs,
 )
 
 __all__ = [
@@ -46,5 +45,4 @@ __all__ = [
     "SourceHealth",
     "SourceSpec",
     "SourceState",
-    "validate_specs",
 ]

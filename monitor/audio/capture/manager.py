@@ -21,8 +21,6 @@ from monitor.audio.capture.specs import (
     FileSourceSpec,
     LivenessSpec,
     SourceSpec,
-    validate_liveness,
-    validate_specs,
 )
 from monitor.errors import ConfigError
 
@@ -52,9 +50,7 @@ class CaptureManager:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         specs = list(specs)
-        validate_specs(specs)
         self.liveness = liveness or LivenessSpec()
-        validate_liveness(self.liveness, "capture")
         self.buffer_s = buffer_s
         self._proc_asound, self._sys_sound = proc_asound, sys_sound
         self._clock = clock

@@ -1,17 +1,14 @@
 """What a capture source is and when it counts as unhealthy: the settings the daemon config maps to.
 
-Every check raises ConfigError naming the source and the key, so that a bad config is reported
-before any device is opened.
+Plain values: every rule on them (names, channels, gains, rates, liveness limits) lives in the
+config schema (``monitor/config/sources.py``), which reports a bad config with file, line and key
+before any device is opened; ``monitor.daemon.wiring`` builds these from a validated ``Config``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from monitor.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -62,47 +59,3 @@ class FileSourceSpec:
 
 
 SourceSpec = DeviceSourceSpec | FileSourceSpec
-
-
-def validate_specs(specs: Sequence[SourceSpec]) -> None:
-    """Reject impossible source settings with a :class:`ConfigError` naming source and key."""
-    seen: set[str] = set()
-    for spec in specs:
-        where = f"source {spec.name!r}"
-        if not spec.name or not isinstance(spec.name, str):
-            raise ConfigError(f"every source needs a non-empty name, got {spec.name!r}")
-        if spec.name in seen:
-            raise ConfigError(f"{where}: duplicate source name")
-        seen.add(spec.name)
-        file_mean = isinstance(spec, FileSourceSpec) and spec.channel is None
-        bad_channel = not isinstance(spec.channel, int) or isinstance(spec.channel, bool)
-        if not file_mean and (bad_channel or spec.channel < 0):  # type: ignore[operator]
-            raise ConfigError(f"{where}: channel must be an integer >= 0, got {spec.channel!r}")
-        if not math.isfinite(spec.gain_db) or abs(spec.gain_db) > 120:
-            raise ConfigError(f"{where}: gain_db must be finite within +-120, got {spec.gain_db}")
-        if isinstance(spec, DeviceSourceSpec):
-            if spec.samplerate is not None and not 1000 <= spec.samplerate <= 768000:
-                raise ConfigError(f"{where}: samplerate {spec.samplerate} is not a sound rate")
-            if spec.blocksize < 0:
-                raise ConfigError(f"{where}: blocksize must be >= 0, got {spec.blocksize}")
-        elif isinstance(spec, FileSourceSpec):
-            if not spec.block_s > 0:
-                raise ConfigError(f"{where}: block_s must be > 0, got {spec.block_s}")
-        else:
-            raise ConfigError(f"{where}: unknown source type {type(spec).__name__}")
-        validate_liveness(spec.liveness, where)
-
-
-def validate_liveness(lv: LivenessSpec | None, where: str) -> None:
-    if lv is None:
-        return
-    for key in (
-        "check_interval_seconds", "stall_seconds", "silence_seconds", "clipping_seconds",
-        "reopen_initial_seconds",
-    ):  # fmt: skip
-        if not getattr(lv, key) > 0:
-            raise ConfigError(f"{where}: liveness.{key} must be > 0, got {getattr(lv, key)}")
-    if lv.reopen_max_seconds < lv.reopen_initial_seconds:
-        raise ConfigError(f"{where}: liveness.reopen_max_seconds must be >= reopen_initial_seconds")
-    if not 0 < lv.clip_level <= 1 or not 0 < lv.clip_fraction <= 1:
-        raise ConfigError(f"{where}: liveness.clip_level and clip_fraction must be in (0, 1]")

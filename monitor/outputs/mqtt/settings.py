@@ -28,7 +28,7 @@ class MqttError(SonitorError):
 
 @dataclass(frozen=True)
 class MqttSettings:
-    """Connection and topic settings. Defaults:
+    """Connection and topic settings: plain values. Defaults:
 
     - ``host`` 127.0.0.1, ``port`` 1883, ``keepalive_s`` 30 (the will fires ~1.5x after a hang).
     - ``topic_prefix`` ``sonitor`` (may contain ``/``, e.g. ``plant/sonitor/node1``).
@@ -45,6 +45,12 @@ class MqttSettings:
       ``outbox_max_bytes`` 50 MB.
     - ``availability`` True: publish availability and set the last will (False for one-shot
       tools, which must not mark the daemon offline).
+
+    The rules on these values (port range, topic levels, qos, secrets given once and with a user
+    name, certificate and key together...) live in the config schema (``mqtt:`` in
+    ``monitor/config/outputs.py``); ``monitor.daemon.wiring.mqtt_settings`` builds this from a
+    validated config. What only the environment can tell (the password variable or file, the
+    certificate files) is checked when it is read: :meth:`read_password`, :meth:`ssl_context`.
     """
 
     host: str = "127.0.0.1"
@@ -68,33 +74,6 @@ class MqttSettings:
     outbox_max_rows: int = 10_000
     outbox_max_bytes: int = 50_000_000
     availability: bool = True
-
-    def __post_init__(self) -> None:
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"mqtt.{key}={getattr(self, key)!r}: {why}")
-
-        if not self.host:
-            raise bad("host", "must not be empty")
-        if not 1 <= self.port <= 65535:
-            raise bad("port", "must be 1..65535")
-        if not self.topic_prefix or not all(_LEVEL.match(p) for p in self.topic_prefix.split("/")):
-            raise bad("topic_prefix", "levels must be non-empty, without '+', '#' or spaces")
-        if not self.client_id:
-            raise bad("client_id", "must not be empty")
-        if self.qos not in (0, 1, 2):
-            raise bad("qos", "must be 0, 1 or 2")
-        if self.keepalive_s < 1:
-            raise bad("keepalive_s", "must be >= 1")
-        if self.protocol not in ("3.1.1", "5"):
-            raise bad("protocol", "must be '3.1.1' or '5'")
-        if self.password_env and self.password_file:
-            raise bad("password_file", "give password_env or password_file, not both")
-        if (self.password_env or self.password_file) and not self.username:
-            raise bad("username", "a password needs a username")
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise bad("tls_cert_file", "tls_cert_file and tls_key_file go together")
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
-            raise bad("reconnect_min_s", "need 0 < reconnect_min_s <= reconnect_max_s")
 
     def read_password(self) -> str | None:
         """The password from its variable or file; errors name the variable/file, not the value."""
