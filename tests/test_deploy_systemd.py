@@ -190,11 +190,12 @@ def test_exec_lines_match_the_cli_and_the_installer() -> None:
 
 def test_timeouts_fit_the_daemon() -> None:
     from monitor.config import HealthConfig
-    from monitor.daemon import daemon
+    from monitor.daemon.outputs import MQTT_STOP_TIMEOUT_S
+    from monitor.daemon.worker import FLUSH_TIMEOUT_S
 
     # SIGTERM: capture stop (1 s per device group), flush (FLUSH_TIMEOUT_S + 2 s join), MQTT
     # stop, clip writer (2 s): the stop timeout leaves room for a few device groups
-    shutdown_s = 4 * 1.0 + daemon.FLUSH_TIMEOUT_S + 2.0 + daemon.MQTT_STOP_TIMEOUT_S + 2.0
+    shutdown_s = 4 * 1.0 + FLUSH_TIMEOUT_S + 2.0 + MQTT_STOP_TIMEOUT_S + 2.0
     assert seconds(unit_value("TimeoutStopSec")) >= 2 * shutdown_s
     # The daemon pings every WatchdogSec/2 from its main loop, which a reload (package load)
     # blocks for seconds, so WatchdogSec must be long; and a deaf daemon (no pings once nothing
