@@ -13,9 +13,9 @@ read out several ways: the 128-d projection head (the seed), and each ResNet sta
 `StageEmbedder` ("mean": global average; "mean+fmax": time average, then mean and max over
 frequency). Every readout is scored with the daemon's `MahalanobisScorer` (ML covariance) per
 machine type and evaluated with the official DCASE metric (`training.dcase_metrics`);
-`--faults` adds
-the AUC per synthetic fault type (normal clips vs clips with that fault). `--recipes` runs the
-full `evaluate()` of `logmel_knn`, `dcase_ae` and the `simclr` default for reference and wall time.
+`--faults` adds the AUC per synthetic fault type (normal clips vs clips with that fault).
+`--recipes` runs the full `evaluate()` of `logmel_knn`, `dcase_ae` and the `simclr` default
+for reference and wall time.
 
 Recorded on the 2-core CI box, shared with other jobs (times are wall times, `train` = training):
 

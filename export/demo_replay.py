@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from monitor.alerting.machine import AlertEvent
 from monitor.audio.frontend import SAMPLE_RATE as SR
 from monitor.errors import SonitorError
+from monitor.outputs.sink import Sink, WindowResult
 
 
 @dataclass(frozen=True)
@@ -65,45 +67,42 @@ class ReplayRun:
     topic: str | None = None
 
 
-def _replay_sink(run: ReplayRun, recordings: Recordings, out: Callable[[str], None]) -> Any:
-    """A daemon output (`monitor.outputs.sink.Sink`) that prints one line per window and each
-    alert event, and records them into ``run``. It only observes: the windows and events are the
-    daemon's own (the same code path as `sonitor run`), the payloads exactly what MQTT gets."""
-    from monitor.alerting.machine import AlertEvent
-    from monitor.outputs.sink import Sink, WindowResult
+class ReplaySink(Sink):
+    """A daemon output that prints one line per window and each alert event, and records them
+    into ``run``. It only observes: the windows and events are the daemon's own (the same code
+    path as `sonitor run`), the payloads exactly what MQTT gets."""
 
-    class ReplaySink(Sink):
-        offset = 0.0  # alert clock - recording time (seconds), as of the last scored window
+    def __init__(self, run: ReplayRun, recordings: Recordings, out: Callable[[str], None]) -> None:
+        self.run, self.recordings, self.out = run, recordings, out
+        self.offset = 0.0  # alert clock - recording time (seconds), as of the last scored window
 
-        def on_window(self, result: WindowResult) -> None:
-            t = result.end_sample / SR  # the replay starts at sample 0 of the file
-            run.window_seconds = (result.end_sample - result.start_sample) / SR
-            if result.skipped is not None:
-                out(f"  {t:6.1f} s  not scored: {result.skipped}")
-                return
-            self.offset = result.t - t
-            st = result.status
-            run.threshold = result.threshold
-            score = WindowScore(t, result.raw, result.normalised, st.state, st.severity)
-            run.windows.append(score)
-            in_fault = recordings.fault is not None and (
-                t > recordings.fault_start and t - run.window_seconds < recordings.fault_end
-            )
-            state = st.state.upper() + (f" {st.severity}" if st.state == "active" else "")
-            out(
-                f"  {t:6.1f} s  score {result.normalised:6.2f} x threshold "
-                f"{bar(result.normalised)}  "
-                f"{state:<15}{'  <- fault in window' if in_fault else ''}"
-            )
+    def on_window(self, result: WindowResult) -> None:
+        run, rec, out = self.run, self.recordings, self.out
+        t = result.end_sample / SR  # the replay starts at sample 0 of the file
+        run.window_seconds = (result.end_sample - result.start_sample) / SR
+        if result.skipped is not None:
+            out(f"  {t:6.1f} s  not scored: {result.skipped}")
+            return
+        self.offset = result.t - t
+        st = result.status
+        run.threshold = result.threshold
+        run.windows.append(WindowScore(t, result.raw, result.normalised, st.state, st.severity))
+        in_fault = rec.fault is not None and (
+            t > rec.fault_start and t - run.window_seconds < rec.fault_end
+        )
+        state = st.state.upper() + (f" {st.severity}" if st.state == "active" else "")
+        out(
+            f"  {t:6.1f} s  score {result.normalised:6.2f} x threshold "
+            f"{bar(result.normalised)}  "
+            f"{state:<15}{'  <- fault in window' if in_fault else ''}"
+        )
 
-        def on_event(self, event: AlertEvent, payload: dict[str, Any]) -> None:
-            rec = EventRecord(event, payload, self.offset)
-            run.events.append(rec)
-            out(describe_event(rec, recordings))
-            if event.type in ("start", "end"):
-                out(json.dumps(payload, indent=2))
-
-    return ReplaySink()
+    def on_event(self, event: AlertEvent, payload: dict[str, Any]) -> None:
+        record = EventRecord(event, payload, self.offset)
+        self.run.events.append(record)
+        self.out(describe_event(record, self.recordings))
+        if event.type in ("start", "end"):
+            self.out(json.dumps(payload, indent=2))
 
 
 def bar(norm: float, width: int = 30, full_scale: float = 3.0) -> str:
@@ -132,7 +131,7 @@ def run_replay(
     cfg = load_config(config_path)
     name = cfg.sources[0].name
     run = ReplayRun(n_of_m=tuple(cfg.alerts.n_of_m))
-    daemon = Daemon(cfg, config_path, sinks=[_replay_sink(run, recordings, out)])
+    daemon = Daemon(cfg, config_path, sinks=[ReplaySink(run, recordings, out)])
     failure: list[BaseException] = []
 
     def body() -> None:

@@ -3,8 +3,8 @@
 `build_package` is the whole export: ONNX export, parity against PyTorch (embeddings and
 scores; fails loudly past the tolerance), optional int8 with its measured drift, threshold
 calibration, and an atomic write through `monitor.model.package.PackageWriter`.
-`write_package` is the
-last step alone, for encoders that are already exported (the test fixtures reuse one export).
+`write_package` is the last step alone, for encoders that are already exported (the test
+fixtures reuse one export).
 """
 
 from __future__ import annotations

@@ -40,7 +40,6 @@ from monitor.daemon.wiring import (
     CaptureGroups,
     Pipeline,
     channel_settings,
-    clip_policy,
     init_metrics,
     is_realtime,
     mqtt_settings,
@@ -259,8 +258,6 @@ class Daemon:
         try:
             cfg = load_config(self.config_path)
             pipeline = Pipeline.build(cfg)
-            if cfg.clips.enabled:
-                clip_policy(cfg)  # validates the clip settings before anything changes
             if cfg.mqtt.enabled:
                 mqtt_settings(cfg).read_password()
         except (SonitorError, OSError, ValueError) as exc:

@@ -13,7 +13,6 @@ only one that dispatches.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +32,6 @@ from monitor.outputs.sink import CommandReceiver, Dispatcher, Sink
 
 if TYPE_CHECKING:
     from monitor.outputs.mqtt.sink import MqttSink
-
-log = logging.getLogger(__name__)
 
 MQTT_STOP_TIMEOUT_S = 2.0
 CLIP_CLOSE_TIMEOUT_S = 2.0  # at shutdown: time for the writer to write the queued clips
@@ -196,7 +193,4 @@ class Outputs:
         if self.clip_writer is not None:
             self.clip_writer.close(timeout=CLIP_CLOSE_TIMEOUT_S)
         for sink in self.extra:
-            try:
-                sink.stop(MQTT_STOP_TIMEOUT_S)
-            except Exception:  # noqa: BLE001 - the others must still close
-                log.exception("%s.stop failed", type(sink).__name__)
+            Dispatcher.guarded(sink, "stop", sink.stop, MQTT_STOP_TIMEOUT_S)

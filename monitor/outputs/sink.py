@@ -127,7 +127,7 @@ class Dispatcher:
     ) -> None:
         """One window: its result, then its events, then the state (None: no state due)."""
         for sink in self.sinks:
-            self._call(sink, "on_window", sink.on_window, result)
+            self.guarded(sink, "on_window", sink.on_window, result)
         self.events(result.source, events, state)
 
     def events(
@@ -137,25 +137,25 @@ class Dispatcher:
         then its state."""
         for event, payload in events:
             for sink in self.sinks:
-                self._call(sink, "on_event", sink.on_event, event, payload)
+                self.guarded(sink, "on_event", sink.on_event, event, payload)
         if state is not None:
             for sink in self.sinks:
-                self._call(sink, "on_state", sink.on_state, source, state)
+                self.guarded(sink, "on_state", sink.on_state, source, state)
 
     def health(self, source: str, payload: dict[str, Any]) -> None:
         for sink in self.sinks:
-            self._call(sink, "on_health", sink.on_health, source, payload)
+            self.guarded(sink, "on_health", sink.on_health, source, payload)
 
     def sources(self, machines: Mapping[str, str], skip: Collection[Sink] = ()) -> None:
         """The configured sources changed; ``skip`` sinks were just built with them."""
         for sink in self.sinks:
             if not any(sink is other for other in skip):
-                self._call(sink, "on_sources", sink.on_sources, machines)
+                self.guarded(sink, "on_sources", sink.on_sources, machines)
 
     def stop(self, timeout: float) -> None:
         """Stop every sink (each gets ``timeout``), in order."""
         for sink in self.sinks:
-            self._call(sink, "stop", sink.stop, timeout)
+            self.guarded(sink, "stop", sink.stop, timeout)
 
     # ------------------------------------------------------------------ commands in
     def receive(self, command: Command) -> None:
@@ -164,7 +164,8 @@ class Dispatcher:
             self._on_command(command)
 
     @staticmethod
-    def _call(sink: Sink, what: str, method: Callable[..., None], *args: Any) -> None:
+    def guarded(sink: Sink, what: str, method: Callable[..., None], *args: Any) -> None:
+        """Call one sink's ``method``; an exception is logged, never raised."""
         try:
             method(*args)
         except Exception:  # noqa: BLE001 - one broken output must not silence the others

@@ -15,8 +15,8 @@ from pathlib import Path
 class LivenessSpec:
     """When a source counts as unhealthy, and how fast a dead device is retried.
 
-    Field names match ``capture:`` in the config schema (``monitor/config/``), so the config
-    converts with ``LivenessSpec(**capture.model_dump(exclude={"buffer_seconds"}))``.
+    Field names match ``capture:`` in the config schema (``monitor/config/sources.py``);
+    ``monitor.daemon.wiring.liveness_spec`` builds one from a validated config.
     """
 
     stall_seconds: float = 5.0  # no frames for this long -> stalled (device sources)
