@@ -3,13 +3,14 @@
 #
 # Idempotent: run it again to upgrade. It creates the system user `sonitor` (groups sonitor and
 # audio), a virtualenv in /opt/sonitor with the runtime only (`pip install <repo>`: numpy,
-# onnxruntime, ... and no torch), /etc/sonitor/config.yaml from config.example.yaml when there
+# onnxruntime, ... and no torch) at the versions pinned in deploy/constraints.txt (every PC gets
+# the same builds, whenever it is installed), /etc/sonitor/config.yaml from config.example.yaml when there
 # is none (an existing config is never touched), /var/lib/sonitor and /var/log/sonitor, the unit
 # /etc/systemd/system/sonitor.service, and runs `systemctl daemon-reload`. It does not enable or
 # start the service: edit the config and run `sonitor check-config` first (docs/deploy.md).
 #
 # Usage: sudo deploy/install.sh [--dry-run] [--root DIR] [--prefix DIR] [--python PY]
-#                               [--source SPEC] [--skip-venv]
+#                               [--source SPEC] [--constraints FILE] [--skip-venv]
 #   --dry-run     print every step, change nothing
 #   --root DIR    install below DIR (like DESTDIR; also read from $DESTDIR): for packaging and
 #                 tests. Steps that act on the running system (useradd, chown, systemctl) are
@@ -18,6 +19,8 @@
 #   --python PY   interpreter for the virtualenv (default python3; 3.10 or newer)
 #   --source SPEC what pip installs (default: this repository). Extra pip arguments come from
 #                 $PIP_ARGS, e.g. PIP_ARGS="--no-index --find-links /media/usb/wheels" offline.
+#   --constraints FILE  pinned versions for pip (default deploy/constraints.txt; `none`: the
+#                 newest releases; regenerate the file with deploy/constraints.py)
 #   --skip-venv   leave the virtualenv alone (you manage it yourself)
 set -eu
 
@@ -27,6 +30,7 @@ ROOT=${DESTDIR:-}
 PREFIX=/opt/sonitor
 PYTHON=python3
 SOURCE=$REPO
+CONSTRAINTS=$HERE/constraints.txt
 DRY_RUN=0
 SKIP_VENV=0
 SERVICE_USER=sonitor
@@ -47,6 +51,8 @@ while [ $# -gt 0 ]; do
         --python=*) PYTHON=${1#--python=} ;;
         --source) SOURCE=${2:?--source needs a path or requirement}; shift ;;
         --source=*) SOURCE=${1#--source=} ;;
+        --constraints) CONSTRAINTS=${2:?--constraints needs a file or none}; shift ;;
+        --constraints=*) CONSTRAINTS=${1#--constraints=} ;;
         --skip-venv) SKIP_VENV=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -90,6 +96,10 @@ if [ "$LIVE" -eq 1 ] && [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
     echo "install.sh: run as root (sudo), or use --dry-run / --root DIR" >&2
     exit 2
 fi
+if [ "$CONSTRAINTS" != none ] && [ ! -f "$CONSTRAINTS" ]; then
+    echo "install.sh: constraints file $CONSTRAINTS is missing (or use --constraints none)" >&2
+    exit 2
+fi
 for f in "$HERE/systemd/$UNIT_NAME" "$REPO/config.example.yaml"; do
     if [ ! -f "$f" ]; then
         echo "install.sh: $f is missing: run this script from a sonitor checkout" >&2
@@ -127,8 +137,14 @@ else
     fi
     # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
     step "$VENV/bin/python" -m pip install --quiet ${PIP_ARGS:-} --upgrade pip
-    # shellcheck disable=SC2086
-    step "$VENV/bin/python" -m pip install --quiet --upgrade ${PIP_ARGS:-} "$SOURCE"
+    if [ "$CONSTRAINTS" = none ]; then
+        # shellcheck disable=SC2086
+        step "$VENV/bin/python" -m pip install --quiet --upgrade ${PIP_ARGS:-} "$SOURCE"
+    else
+        # shellcheck disable=SC2086
+        step "$VENV/bin/python" -m pip install --quiet --upgrade --constraint "$CONSTRAINTS" \
+            ${PIP_ARGS:-} "$SOURCE"
+    fi
     if [ "$DRY_RUN" -eq 0 ] && "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
         say "warning: torch is installed in $VENV; the daemon does not need it (about 1 GB)"
     fi

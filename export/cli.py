@@ -17,9 +17,61 @@ from pathlib import Path
 import numpy as np
 
 from monitor.errors import SonitorError
+from training.cli import EXTRA, REQUIRES  # noqa: F401 - read by monitor.cli.sonitor
 
 
-def _train_from_data(args: argparse.Namespace):
+def _on_grid(seconds: float, hop: int, what: str, recipe: str) -> float:
+    """``seconds`` if it is a whole number of frame hops, else a SonitorError naming the option."""
+    from monitor.audio.frontend import SAMPLE_RATE
+
+    n = int(round(seconds * SAMPLE_RATE))
+    if n <= 0 or n % hop:
+        k = max(1, n // hop)
+        raise SonitorError(
+            f"{what} {seconds:g} = {n} samples is not a multiple of the {hop}-sample frame hop "
+            f"of recipe {recipe!r}: use e.g. {k * hop / SAMPLE_RATE:g} or "
+            f"{(k + 1) * hop / SAMPLE_RATE:g}"
+        )
+    return seconds
+
+
+def _data_grid(args: argparse.Namespace) -> tuple[float | None, float]:
+    """Window and hop of a `--data` export on the recipe's frame grid, settled BEFORE training.
+
+    Default window: the most common training clip length cut down to a whole number of frame
+    hops (10 s clips give 9.984 s for the 512-sample hop of simclr, 10 s for CED's 160); default
+    hop: the multiple of the frame hop nearest to 1 s. Explicit values off the grid are refused
+    here, not after minutes of training. The window is None when there are no training clips
+    (`fit_recipe` says so).
+    """
+    from monitor.audio.frontend import SAMPLE_RATE
+    from training.cli import _options
+    from training.fit import common_seconds, select_machines, subsample_train
+    from training.recipes.registry import recipe_class, resolve_auto
+
+    options = _options(args)
+    name = resolve_auto(options)[0] if args.recipe == "auto" else args.recipe
+    frame_hop = recipe_class(name).frame_hop
+    if args.hop_seconds:
+        hop = _on_grid(args.hop_seconds, frame_hop, "--hop-seconds", name)
+    else:
+        hop = max(1, round(SAMPLE_RATE / frame_hop)) * frame_hop / SAMPLE_RATE
+    if args.window_seconds:
+        return _on_grid(args.window_seconds, frame_hop, "--window-seconds", name), hop
+    clips = [
+        c
+        for md in select_machines(args.data, args.machines).values()
+        for c in subsample_train(md.train, args.max_train, options.seed)
+    ]
+    if not clips:
+        return None, hop
+    window = common_seconds(clips, SAMPLE_RATE, hop=frame_hop)
+    if window <= 0:
+        raise SonitorError(f"{args.data}: training clips shorter than one frame hop of {name!r}")
+    return window, hop
+
+
+def _train_from_data(args: argparse.Namespace, window: float | None):
     """Fit the recipe on DATA_DIR; returns (recipe name, model, machine specs, training summary,
     window seconds, parity clips, labelled test clips per machine for the int8 drift or None)."""
     import torch
@@ -37,7 +89,7 @@ def _train_from_data(args: argparse.Namespace):
         _options(args),
         machines=args.machines,
         max_train=args.max_train,
-        seconds=args.window_seconds or "common",
+        seconds=window or "common",
         supplemental=False,  # banks and encoder from train/ only, whatever the recipe
     )
     rec, arrays, window = fitted.recipe, fitted.arrays, fitted.seconds
@@ -50,7 +102,13 @@ def _train_from_data(args: argparse.Namespace):
             "window_seconds": window,
         }
     specs = [
-        MachineSpec(m, rec.train_embeddings[m], arrays[m].domains, rec.scorers[m])
+        MachineSpec(
+            m,
+            rec.train_embeddings[m],
+            arrays[m].domains,
+            rec.scorers[m],
+            levels=MachineSpec.levels_of(arrays[m].waves),
+        )
         for m in fitted.machines
     ]
     model = getattr(rec, "model", None)
@@ -79,6 +137,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from export.package_writer import build_package
+    from monitor.model.package import CalibrationDefaults
 
     torch.set_num_threads(max(1, args.torch_threads))
     if not (args.run or args.data or args.checkpoint):
@@ -102,8 +161,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif args.data:
         if args.checkpoint and args.recipe == "auto":
             args.recipe = "stage1"
-        recipe, model, specs, summary, window, parity, test = _train_from_data(args)
-        hop = args.hop_seconds or 1.0
+        window, hop = _data_grid(args)
+        recipe, model, specs, summary, window, parity, test = _train_from_data(args, window)
         if args.save_run:
             from export.run_dir import save_run
 
@@ -147,7 +206,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         drift_data=test,
         training_data=summary,
         default_scorer=default_scorer,
-        calibration=(args.threshold, args.threshold_q),
+        calibration=CalibrationDefaults(
+            false_alarms_per_week=args.false_alarms_per_week, burst_seconds=args.burst_seconds
+        ),
         max_bank_size=args.max_bank,
         archive=args.archive,
     )
@@ -209,9 +270,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--window-seconds",
         type=float,
-        help="analysis window (default: the training clip length, or 10)",
+        help="analysis window (default: the training clip length, cut to the recipe's frame "
+        "hop; 10 with --checkpoint alone)",
     )
-    p.add_argument("--hop-seconds", type=float, help="window hop of the daemon (default 1)")
+    p.add_argument(
+        "--hop-seconds",
+        type=float,
+        help="window hop of the daemon (default: the multiple of the frame hop nearest to 1)",
+    )
     p.add_argument(
         "--int8",
         action="store_true",
@@ -224,12 +290,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the package's default encoder precision (default fp32)",
     )
     p.add_argument(
-        "--threshold",
-        choices=["gamma", "percentile"],
-        default="gamma",
-        help="threshold fit on leave-one-out scores (default gamma, as DCASE)",
+        "--false-alarms-per-week",
+        type=float,
+        default=1.0,
+        help="false-alarm budget per machine: each operating condition's threshold is fitted to "
+        "it from the leave-one-out scores (default 1)",
     )
-    p.add_argument("--threshold-q", type=float, default=0.9, help="quantile (default 0.9)")
+    p.add_argument(
+        "--burst-seconds",
+        type=float,
+        default=2.0,
+        help="foreign sounds up to this long never raise an alarm (the default alert rule's "
+        "persistence; default 2)",
+    )
     p.add_argument(
         "--max-bank",
         type=int,

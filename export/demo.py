@@ -136,13 +136,8 @@ def make_data(out: Path, machine: str, sizes: DemoSizes, seed: int) -> Path:
 # ------------------------------------------------------------------------------ 2. train + export
 
 
-# The threshold: the empirical 0.9 quantile of the leave-one-out scores (`sonitor export
-# --threshold percentile`), kept by every enrolment. Why not the DCASE gamma fit (the export
-# default): on these small banks (128-d Mahalanobis, 190-360 embeddings) scipy's free-location
-# gamma fit degenerated in 1 of 3 runs (shape 0.012, loc at the minimum: a threshold below the
-# 10th percentile of the normal scores, so every normal window alarmed) and landed at twice
-# the 0.9 quantile in another.
-CALIBRATION = ("percentile", 0.9)
+# The thresholds: per operating condition, fitted to the package's false-alarm budget (one per
+# week with the default alert rule; `monitor.model.conditions`), as every export does.
 
 
 @dataclass
@@ -154,10 +149,12 @@ class Trained:
     domains: list[str | None]  # of the training clips, in bank order
     parity_clips: np.ndarray  # a few real training clips for the export's parity check
     offline: dict[str, Any]  # training.dcase_metrics.machine_scores + "official"
+    levels: np.ndarray | None = None  # RMS dBFS of the training clips, in bank order
 
 
 def train_model(data: Path, machine: str, sizes: DemoSizes, seed: int, progress: bool) -> Trained:
     """Train the default recipe (simclr) with the demo's step budget; score the test split."""
+    from export.package_writer import MachineSpec
     from training import dcase_metrics as metrics
     from training.data import load_clips
     from training.fit import fit_recipe
@@ -179,7 +176,8 @@ def train_model(data: Path, machine: str, sizes: DemoSizes, seed: int, progress:
     res = metrics.machine_scores(labels, scores, [c.domain for c in md.test])
     res["official"] = metrics.official_score([res])
     arrays = fitted.arrays[machine]
-    return Trained(rec, machine, arrays.domains, arrays.waves[:4].copy(), res)
+    levels = MachineSpec.levels_of(arrays.waves)
+    return Trained(rec, machine, arrays.domains, arrays.waves[:4].copy(), res, levels)
 
 
 def export_package(trained: Trained, dest: Path, run_dir: Path, sizes: DemoSizes) -> Path:
@@ -190,7 +188,9 @@ def export_package(trained: Trained, dest: Path, run_dir: Path, sizes: DemoSizes
     from training.train_utils import one_torch_thread
 
     rec, m = trained.recipe, trained.machine
-    spec = MachineSpec(m, rec.train_embeddings[m], trained.domains, rec.scorers[m])
+    spec = MachineSpec(
+        m, rec.train_embeddings[m], trained.domains, rec.scorers[m], levels=trained.levels
+    )
     summary = {"synthetic": True, "machines": {m: {"n_train": len(trained.domains)}}}
     summary["recipe"] = rec.describe()
     kw = {"window_seconds": sizes.clip_seconds, "hop_seconds": sizes.hop_seconds}
@@ -205,7 +205,6 @@ def export_package(trained: Trained, dest: Path, run_dir: Path, sizes: DemoSizes
             recipe=rec.name,
             parity_clips=trained.parity_clips,
             training_data=summary,
-            calibration=CALIBRATION,
             **kw,
         )
     return path
@@ -270,7 +269,7 @@ def enroll_unit(package: Path, machine: str, recording: Path) -> Any:
     bank and the threshold is recalibrated on all of it."""
     from monitor.model.enroll import enroll
 
-    return enroll(package, machine, [recording], domain="source")
+    return enroll(package, machine, [recording], condition="source")
 
 
 # ------------------------------------------------------------------------------ 4. the daemon

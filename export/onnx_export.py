@@ -57,6 +57,12 @@ class FrontEndSpec:
             "pad_mode": spec.pad_mode,
             "top_db": self.to_db.top_db,
             "amin": float(self.to_db.amin),
+            # inside the graphs; recorded so a package says which band its model sees
+            # (packages exported before the band limit lack the key: full band, up to 8 kHz)
+            "band_edge_hz": self.mel.band_edge_hz,
+            # each window's mean dB moved to reference_db inside the graphs (absent: absolute)
+            "level_norm": bool(self.to_db.level_norm),
+            "reference_db": float(self.to_db.reference_db),
         }
 
 
@@ -93,17 +99,15 @@ class ValidFrontEnd(nn.Module):
 
 
 class _FramesIn(nn.Module):
-    """Stands in for the front-end inside the backbone: flat frames in, floored dB mel out."""
+    """Stands in for the front-end inside the backbone: flat frames in, floored (and
+    level-normalised) dB mel out: `PowerToDB.finish`, the per-window steps."""
 
-    def __init__(self, n_mels: int, top_db: float | None) -> None:
+    def __init__(self, n_mels: int, to_db: PowerToDB) -> None:
         super().__init__()
-        self.n_mels, self.top_db = n_mels, top_db
+        self.n_mels, self.to_db = n_mels, copy.deepcopy(to_db)
 
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
-        db = flat.reshape(flat.shape[0], self.n_mels, -1)
-        if self.top_db is not None:
-            db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - self.top_db)
-        return db
+        return self.to_db.finish(flat.reshape(flat.shape[0], self.n_mels, -1))
 
 
 class Backbone(nn.Module):
@@ -121,7 +125,7 @@ class Backbone(nn.Module):
         *parents, leaf = spec.path.split(".")
         for p in parents:
             parent = getattr(parent, p)
-        setattr(parent, leaf, _FramesIn(spec.params["n_mels"], spec.to_db.top_db))
+        setattr(parent, leaf, _FramesIn(spec.params["n_mels"], spec.to_db))
         self.inner = inner
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from export.onnx_export import (
 )
 from export.onnx_graph import ExportError
 from monitor import __version__
+from monitor.model.conditions import AlarmRule, calibrate_conditions, default_rule
 from monitor.model.enroll import (
     DEFAULT_MAX_BANK,
     calibration_scores,
@@ -45,6 +46,7 @@ from monitor.model.package import (
     PackageWriter,
     ScorerSpec,
     SeparatorSpec,
+    condition_names,
     pack_archive,
     utc_now,
     validate_machine_name,
@@ -62,6 +64,14 @@ class MachineSpec:
     domains: list[str | None]
     scorer: Any  # fitted monitor.model.scoring scorer
     info: dict[str, Any] = field(default_factory=dict)
+    levels: np.ndarray | None = None  # [N] RMS dBFS of each embedding's audio (level rule)
+
+    @staticmethod
+    def levels_of(waves: np.ndarray) -> np.ndarray:
+        """RMS level (dBFS) of each clip, as the daemon measures its windows."""
+        from monitor.audio.windowing import level_dbfs
+
+        return np.array([level_dbfs(w) for w in np.asarray(waves)], dtype=np.float64)
 
 
 @dataclass
@@ -92,21 +102,33 @@ def synthetic_parity_clips(n: int, samples: int, sample_rate: int = 16000, seed:
     return np.asarray(clips, dtype=np.float32)
 
 
-def _machine_bank(spec: MachineSpec, max_bank: int, method: str, q: float):
-    from monitor.model.thresholds import calibrate
-
+def _machine_bank(spec: MachineSpec, max_bank: int, rule: AlarmRule):
+    """The bank and per-condition calibration of one machine (its DCASE domains are its
+    operating conditions; unknown ones are the main condition)."""
     x = np.asarray(spec.embeddings, dtype=np.float32)
     doms = np.asarray(["" if d is None else d for d in spec.domains], dtype="<U6")
+    conds = condition_names(doms)
     name, params = scorer_spec(spec.scorer)
     scorer, kept = spec.scorer, np.arange(len(x))
     if len(x) > max_bank and not name.startswith("mahalanobis"):  # as monitor.model.enroll does
         from monitor.model.enroll import scorer_from_spec
 
-        kept = subsample_bank(x, doms, max_bank, metric=params.get("metric", "euclidean"))
+        kept = subsample_bank(x, conds, max_bank, metric=params.get("metric", "euclidean"))
         scorer = scorer_from_spec(name, params).fit(x[kept], [d or None for d in doms[kept]])
     scores = calibration_scores(scorer, x, kept)
-    cal = calibrate(scores, method=method, q=q)
-    return Bank(x[kept], doms[kept], name, params, scorer.to_arrays(), scores[kept]), cal
+    cal, matched = calibrate_conditions(scores, x, conds.tolist(), rule, bank_rows=kept)
+    bank = Bank(
+        x[kept],
+        doms[kept],
+        name,
+        params,
+        scorer.to_arrays(),
+        scores[kept],
+        conditions=conds[kept],
+        matched=matched[kept],
+        levels=None if spec.levels is None else np.asarray(spec.levels, np.float64)[kept],
+    )
+    return bank, cal
 
 
 def _check_grid(window_s: float, hop_s: float, sample_rate: int, frame_hop: int | None) -> None:
@@ -201,11 +223,11 @@ def _add_machine(
     spec: MachineSpec,
     history: dict[str, Any],
     max_bank: int,
-    calibration: tuple[str, float],
+    rule: AlarmRule,
 ) -> MachineEntry:
     """Stage one machine's bank and calibration; its manifest entry (history: the export)."""
     validate_machine_name(spec.name)
-    bank, cal = _machine_bank(spec, max_bank, *calibration)
+    bank, cal = _machine_bank(spec, max_bank, rule)
     entry = MachineEntry.describe(spec.name, bank, cal.threshold, [dict(history, **spec.info)])
     bank.save(w.path(entry.bank))
     w.write_json(entry.calibration, cal.to_dict())
@@ -227,7 +249,7 @@ def write_package(
     precision: str = "fp32",
     separator: Path | None = None,
     default_scorer: tuple[str, dict[str, Any]] | None = None,
-    calibration: tuple[str, float] = ("gamma", 0.9),
+    calibration: CalibrationDefaults | None = None,
     max_bank_size: int = DEFAULT_MAX_BANK,
     archive: str | Path | None = None,
 ) -> Path:
@@ -236,13 +258,19 @@ def write_package(
     if precision == "int8" and int8 is None:
         raise ExportError("precision int8 needs the int8 encoder (--int8)")
     history = {"time": utc_now(), "action": "export", "recipe": recipe}
+    calibration = calibration or CalibrationDefaults()
+    rule = default_rule(
+        window_seconds,
+        hop_seconds,
+        calibration.false_alarms_per_week,
+        calibration.burst_seconds,
+    )
     frontend = _frontend_params(encoder)
     separator_spec = _separator_spec(encoder, separator, frontend)
     with PackageWriter(dest) as w:
         _add_graphs(w, encoder, int8, separator)
         entries = {
-            spec.name: _add_machine(w, spec, history, max_bank_size, calibration)
-            for spec in machines
+            spec.name: _add_machine(w, spec, history, max_bank_size, rule) for spec in machines
         }
         manifest = Manifest(
             recipe=recipe,
@@ -255,7 +283,7 @@ def write_package(
             machines=entries,
             separator=separator_spec,
             scorer=_scorer_spec(default_scorer, machines),
-            calibration=CalibrationDefaults(calibration[0], float(calibration[1])),
+            calibration=calibration,
             max_bank_size=int(max_bank_size),
             training_data=training_data or {},
             parity=parity or {},

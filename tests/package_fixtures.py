@@ -140,7 +140,8 @@ def make_tiny_package(
         x = np.concatenate([embedder.embed(waves[i : i + 16]) for i in range(0, len(waves), 16)])
         params = dict(scorer_params or ({"k": 8, "metric": "cosine"} if "knn" in scorer else {}))
         fitted = scorer_by_name(scorer, **params).fit(x, domains=doms)
-        specs.append(MachineSpec(m, x, doms, fitted, {"synthetic": True}))
+        levels = MachineSpec.levels_of(waves)
+        specs.append(MachineSpec(m, x, doms, fitted, {"synthetic": True}, levels=levels))
     q8 = None
     if int8:
         from export.quantize import quantize_encoder

@@ -200,15 +200,32 @@ def test_corrupt_file_makes_only_its_source_unhealthy(tmp_path: Path) -> None:
         assert drain(m, "good").size == SR // 2  # the other source is unaffected
 
 
-def test_non_finite_samples_do_not_reach_the_consumer(tmp_path: Path) -> None:
-    x = sine(300, 0.5, 0.5)
-    x[100:110] = np.nan
-    x[200] = np.inf
-    spec = FileSourceSpec("a", write(tmp_path / "nan.wav", x), realtime=False)
+@pytest.mark.parametrize("rate", [SR, 44100])
+def test_non_finite_samples_are_counted_and_reach_the_windower(tmp_path: Path, rate: int) -> None:
+    """NaN/inf are never rewritten into plausible audio (0 or full scale): they arrive as NaN
+    where they were (widened by the resampler's reach), the source turns NONFINITE naming the
+    file, and level and clipping are measured on the rest."""
+    x = sine(300, 0.5, 0.5, rate)
+    a, b = int(0.1 * rate), int(0.3 * rate)
+    x[a : a + 10] = np.nan
+    x[b] = np.inf
+    path = write(tmp_path / "nan.wav", x, rate)
+    spec = FileSourceSpec("a", path, realtime=False)
     with CaptureManager([spec], liveness=FAST) as m:
+        assert wait_for(lambda: m.source_health("a").state is SourceState.NONFINITE)
+        h = m.source_health("a")
         y = drain(m, "a")
-    assert y.size == x.size and np.isfinite(y).all()
-    assert (y[100:110] == 0).all() and y[200] == 1.0
+    assert not h.healthy and h.nonfinite_samples == 11
+    assert str(path) in h.reason and "NaN/inf" in h.reason
+    assert h.clipped_fraction == 0 and h.level_dbfs == pytest.approx(-9, abs=0.5)
+    assert y.size == SR // 2
+    bad = np.isnan(y)
+    assert bad[1600:1610].all() and bad[4800]  # 0.1 s and 0.3 s at 16 kHz
+    far = np.ones(y.size, bool)
+    far[1600 - 400 : 1610 + 400] = far[4800 - 400 : 4800 + 400] = False
+    assert np.isfinite(y[far]).all()  # the resampler's state is never poisoned
+    if rate == SR:  # no resampler: exactly the samples that were bad
+        assert np.flatnonzero(bad).tolist() == [*range(1600, 1610), 4800]
 
 
 def test_stop_is_prompt_with_a_paced_file(tmp_path: Path) -> None:

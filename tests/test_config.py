@@ -56,7 +56,8 @@ def test_minimal_config_fills_defaults_and_resolves_relative_paths(tmp_path: Pat
     assert src.path == tmp_path / "audio" / "fan.wav"
     assert src.realtime is True and src.loop is False and src.gain_db == 0.0
     assert cfg.metrics.host == "127.0.0.1"  # bound to localhost by default
-    assert cfg.alerts.n_of_m == (3, 5)
+    assert cfg.alerts.n_of_m is None  # the persistence rule for the pipeline's windows
+    assert cfg.alerts.burst_seconds == 2.0 and cfg.alerts.false_alarms_per_week is None
     assert cfg.clips_dir == cfg.paths.state_dir / "clips"
     assert cfg.outbox_path == cfg.paths.state_dir / "outbox.sqlite"
     assert cfg.mqtt_client_id == "sonitor-sonitor"

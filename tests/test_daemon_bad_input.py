@@ -161,6 +161,8 @@ def test_bad_audio_marks_sources_unhealthy_and_never_crashes(
     nan_wav = write_wav(tmp_path / "nan.wav", nan, subtype="FLOAT")
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage" * 10)
+    # a broken input: a DC offset and a 1 Hz drift, loud in dBFS, silent in the model's band
+    dc = write_wav(tmp_path / "dc.wav", (0.3 + 0.2 * np.sin(2 * np.pi * t)).astype(np.float32))
 
     def src(name: str, path: Path) -> dict:
         return {"name": name, "type": "file", "machine": "fan", "path": str(path), "loop": True}
@@ -171,6 +173,7 @@ def test_bad_audio_marks_sources_unhealthy_and_never_crashes(
         src("clip1", clipped),
         src("nan1", nan_wav),
         src("corrupt1", corrupt),
+        src("dc1", dc),
         {"name": "mic1", "type": "device", "machine": "fan", "device": "no-such-microphone"},
     ]
     write_wav(tmp_path / "fan1.wav", machine_audio("fan", 6, seed=2))
@@ -183,7 +186,7 @@ def test_bad_audio_marks_sources_unhealthy_and_never_crashes(
     )
     live = Subscriber(broker, [f"{PREFIX}/#"])
     daemon = DaemonProcess(cfg, env={"PULSE_SERVER": "unix:/nonexistent"})
-    bad = ("silent1", "clip1", "corrupt1", "mic1")
+    bad = ("silent1", "clip1", "nan1", "corrupt1", "mic1")
 
     def capture_starts(got: list) -> dict[str, dict]:
         out = {}
@@ -197,24 +200,37 @@ def test_bad_audio_marks_sources_unhealthy_and_never_crashes(
     try:
         got = live.collect(lambda g: set(bad) <= set(capture_starts(g)), timeout=40)
         daemon.wait_until(
-            lambda: daemon.metric("sonitor_windows_total", source="nan1") >= 8, 30, "nan1 windows"
+            lambda: daemon.metric("sonitor_windows_total", source="fan1") >= 8, 30, "fan1 windows"
         )
         got += live.collect(lambda g: True, timeout=1)
+
+        def nan_health(g: list) -> bool:  # published at the next health check after the alarm
+            return any(m.topic.endswith("/nan1/health") and b'"nonfinite"' in m.payload for m in g)
+
+        if not nan_health(got):
+            got += live.collect(nan_health, timeout=10)
         alarms = capture_starts(got)
         assert alarms["silent1"]["reason"] == "silent"
         assert alarms["clip1"]["reason"] == "clipping"
+        # NaN/inf are counted and never disguised as silence or clipping
+        assert alarms["nan1"]["reason"] == "nonfinite"
+        assert daemon.metric("sonitor_capture_nonfinite_samples_total", source="nan1") >= 810
+        assert daemon.metric("sonitor_capture_up", source="nan1") == 0
+        assert daemon.metric("sonitor_windows_invalid_total", source="nan1", reason="clipped") == 0
         assert alarms["corrupt1"]["reason"] == "error"
         assert alarms["mic1"]["reason"] in ("missing", "reopening", "stalled")
         events = [json.loads(m.payload) for m in got if m.topic.endswith("/events")]
         anomalies = [e for e in events if e["kind"] == "anomaly"]
-        assert not [e for e in anomalies if e["source"] in bad], anomalies
-        # healthy sources, including the one with NaN/inf samples, keep being scored
-        for name in ("fan1", "nan1"):
-            assert daemon.metric("sonitor_windows_total", source=name) >= 8
-            assert np.isfinite(daemon.metric("sonitor_score_raw", source=name))
+        assert not [e for e in anomalies if e["source"] in (*bad, "dc1")], anomalies
+        assert daemon.metric("sonitor_windows_total", source="dc1") == 0
+        assert daemon.metric("sonitor_windows_invalid_total", source="dc1", reason="silent") > 0
+        # the healthy source keeps being scored
+        assert daemon.metric("sonitor_windows_total", source="fan1") >= 8
+        assert np.isfinite(daemon.metric("sonitor_score_raw", source="fan1"))
         assert daemon.metric("sonitor_capture_up", source="fan1") == 1
-        for name in ("silent1", "clip1"):  # untrustworthy audio is never scored
+        for name in ("silent1", "clip1", "nan1"):  # untrustworthy audio is never scored
             assert daemon.metric("sonitor_windows_total", source=name) == 0
+
         # retained health says what is wrong, in words that name the file
         health = {
             m.topic.split("/")[-2]: json.loads(m.payload)
@@ -224,6 +240,8 @@ def test_bad_audio_marks_sources_unhealthy_and_never_crashes(
         assert health["fan1"]["healthy"] is True
         assert health["corrupt1"]["healthy"] is False
         assert str(corrupt) in health["corrupt1"]["detail"]
+        assert health["nan1"]["healthy"] is False and health["nan1"]["status"] == "nonfinite"
+        assert str(nan_wav) in health["nan1"]["detail"]
         code, body = daemon.healthz()
         assert code == 503
         assert body["checks"]["capture"]["corrupt1"]["state"] == "error"

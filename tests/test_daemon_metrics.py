@@ -134,3 +134,28 @@ def test_port_in_use_and_stop_without_start() -> None:
     finally:
         first.stop()
     MetricsServer(Metrics(process=False), lambda: (True, {}), port=0).stop()  # returns at once
+
+
+def test_a_scraper_hanging_up_mid_response_prints_nothing(capfd: pytest.CaptureFixture) -> None:
+    """A scraper that times out or restarts resets its connection while the answer is being
+    written: the server carries on, and stderr (the journal) gets no socketserver traceback."""
+    import socket
+    import struct
+    import threading
+
+    big = {"detail": "x" * 8_000_000}  # far more than socket buffers: the write must meet the RST
+    server = MetricsServer(Metrics(process=False), lambda: (True, big), port=0).start()
+    try:
+        for _ in range(3):
+            with socket.create_connection(server.address) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # closed with linger 0: a reset, as a killed scraper leaves it
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.address[1]}/metrics") as r:
+            assert r.status == 200  # still serving (so the resets were accepted before)
+        for t in threading.enumerate():  # let their handlers finish whatever they print
+            if "process_request" in t.name:
+                t.join(10)
+    finally:
+        server.stop()
+    assert capfd.readouterr().err == ""

@@ -23,6 +23,7 @@ from monitor.daemon.wiring import (
     source_spec,
 )
 from monitor.errors import ConfigError
+from monitor.model.conditions import ConditionCalibration, persistence_rule
 
 FULL = """\
 node: {name: plant-7}
@@ -113,7 +114,16 @@ def test_pipeline_checks_machines_and_the_frame_grid(tmp_path: Path, package: Pa
     cfg = load_config(write_config(tmp_path / "c.yaml", package, [src]))
     pipe = Pipeline.build(cfg)
     assert pipe.embedder.streaming and (pipe.window_samples, pipe.hop_samples) == (32000, 8000)
-    assert pipe.thresholds["a"] == pipe.package.machine("fan").threshold
+    # the package's calibration, for this config's windows and alert rule
+    cal = pipe.calibrations["a"]
+    assert isinstance(cal, ConditionCalibration)
+    assert (cal.rule.window_seconds, cal.rule.hop_seconds) == (2.0, 0.5)
+    assert (cal.rule.n_above, cal.rule.m_windows) == (
+        cfg.alerts.n_of_m or persistence_rule(2.0, 0.5)
+    )
+    assert pipe.thresholds["a"] == pytest.approx(
+        pipe.package.machine("fan").calibration.with_rule(cal.rule).threshold
+    )
     bad = load_config(write_config(tmp_path / "d.yaml", package, [src | {"machine": "x"}]))
     with pytest.raises(ConfigError, match=r"sources\[0\]\.machine: 'x'"):
         Pipeline.build(bad)

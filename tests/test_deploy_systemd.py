@@ -237,6 +237,7 @@ def test_install_dry_run_prints_every_step_and_changes_nothing(tmp_path: Path) -
         "--groups audio",
         "-m venv",
         "pip install",
+        f"--constraint {REPO / 'deploy' / 'constraints.txt'}",
         str(REPO),
         "config.example.yaml",
         "etc/sonitor/config.yaml",
@@ -289,6 +290,35 @@ def test_install_refuses_bad_options(tmp_path: Path) -> None:
     assert res.returncode == 2 and "--frobnicate" in res.stderr
     res = run_install("--dry-run", "--prefix", "relative/path")
     assert res.returncode == 2 and "relative/path" in res.stderr
+
+
+def test_constraints_pin_every_runtime_dependency() -> None:
+    """deploy/constraints.txt pins each runtime dependency exactly once per Python, inside the
+    range pyproject.toml allows, and nothing of the training extra (regenerate it with
+    deploy/constraints.py after changing [project] dependencies)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = [Requirement(r) for r in project["dependencies"]]
+    lines = (REPO / "deploy" / "constraints.txt").read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    assert all(len(p.specifier) == 1 and next(iter(p.specifier)).operator == "==" for p in pins)
+    train = {
+        canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["train"]
+    }
+    assert not train & {canonicalize_name(p.name) for p in pins}
+    for python in ("3.10", "3.11", "3.12", "3.13"):
+        env = {"python_version": python, "python_full_version": python + ".0"}
+        active = [p for p in pins if p.marker is None or p.marker.evaluate(env)]
+        names = [canonicalize_name(p.name) for p in active]
+        assert len(names) == len(set(names)), f"python {python}: a package pinned twice"
+        for req in runtime:
+            pin = [p for p in active if canonicalize_name(p.name) == canonicalize_name(req.name)]
+            assert pin, f"python {python}: {req.name} is not pinned in deploy/constraints.txt"
+            version = next(iter(pin[0].specifier)).version
+            assert req.specifier.contains(version, prereleases=True), (python, req, version)
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -99,17 +100,26 @@ def test_enroll_extends_an_existing_machine_and_recalibrates(pkg_dir, tmp_path):
     # a target-domain recording: the fan at a slightly different speed
     x = synthetic_machine_audio("fan", 1, 12.0, seed=7)[0]
     x = np.interp(np.arange(x.size) * 1.08, np.arange(x.size), x).astype(np.float32)
-    res = en.enroll(pkg_dir, "fan", waveforms=[("rec", x)], domain="target")
+    res = en.enroll(pkg_dir, "fan", waveforms=[("rec", x)], condition="target")
     assert not res.created and res.n_added == 6 and res.n_bank == n0 + 6
     assert res.threshold_before == pytest.approx(thr0)
     fan = ModelPackage.load(pkg_dir).machine("fan")
-    assert (fan.bank.domains == "target").sum() == 6
+    assert (fan.bank.conditions == "target").sum() == 6
+    assert fan.conditions == ("source", "target")
     assert fan.threshold == pytest.approx(res.threshold) and fan.threshold != pytest.approx(thr0)
-    # the calibration is the gamma fit of the leave-one-out scores of the new bank
-    from monitor.model.thresholds import calibrate
+    # the calibration is the per-condition fit of the leave-one-out scores of the new bank,
+    # each score grouped by the condition of its nearest other reference
+    from monitor.model.conditions import calibrate_conditions
 
-    assert calibrate(fan.scorer.loo_scores()).threshold == pytest.approx(fan.threshold)
-    np.testing.assert_allclose(fan.bank.calibration_scores, fan.scorer.loo_scores())
+    loo = fan.scorer.loo_scores()
+    cal, matched = calibrate_conditions(
+        loo, fan.bank.embeddings, fan.bank.conditions.tolist(), fan.calibration.rule
+    )
+    assert cal.thresholds() == pytest.approx(fan.calibration.thresholds())
+    assert matched.tolist() == fan.bank.matched.tolist()
+    np.testing.assert_allclose(fan.bank.calibration_scores, loo)
+    history = ModelPackage.load(pkg_dir).manifest.machines["fan"].history
+    assert history[-1]["condition"] == "target" and history[-1]["n_added"] == 6
 
 
 def test_enrolment_is_idempotent_in_embeddings(pkg_dir):
@@ -176,8 +186,8 @@ def test_enroll_errors_name_the_problem(pkg_dir, tmp_path):
         en.enroll_embeddings(pkg_dir, "../evil", np.zeros((3, 192), np.float32))
     with pytest.raises(SonitorError, match=r"must be \[N >= 1, 192\]"):
         en.enroll_embeddings(pkg_dir, "fan", np.zeros((3, 100), np.float32))
-    with pytest.raises(SonitorError, match="domain must be one of"):
-        en.enroll_embeddings(pkg_dir, "fan", np.zeros((3, 192), np.float32), domain="other")
+    with pytest.raises(SonitorError, match="invalid condition name 'fast speed'"):
+        en.enroll_embeddings(pkg_dir, "fan", np.zeros((3, 192), np.float32), "fast speed")
     with pytest.raises(SonitorError, match="exactly one of --audio"):
         run_cli(["enroll", "--package", str(pkg_dir), "--machine", "fan"])
 
@@ -302,7 +312,7 @@ def test_enroll_and_score_work_without_torch(pkg_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "NO-TORCH-OK" in out.stdout
     assert "machine 'valve' created" in out.stdout
-    assert out.stdout.count("file,score,decision") == 1
+    assert out.stdout.count("file,score,normalised,condition,decision") == 1
     assert "valve" in ModelPackage.load(pkg_dir).machines
 
 
@@ -359,12 +369,17 @@ def test_score_prints_file_score_decision(pkg_dir, tmp_path, capsys):
         == 0
     )
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "file,score,decision" and len(lines) == 7
-    rows = [line.split(",") for line in lines[1:]]
-    assert [Path(r[0]) for r in rows] == normal + anomal
-    assert [int(r[2]) for r in rows[3:]] == [1, 1, 1]
-    scores = np.array([float(r[1]) for r in rows])
+    assert lines[0].startswith("file,score,normalised,condition,decision") and len(lines) == 7
+    rows = list(csv.DictReader(lines))
+    assert [Path(r["file"]) for r in rows] == normal + anomal
+    assert [int(r["decision"]) for r in rows[3:]] == [1, 1, 1]
+    assert all(r["condition"] == "source" for r in rows)
+    scores = np.array([float(r["score"]) for r in rows])
+    norm = np.array([float(r["normalised"]) for r in rows])
     assert scores[:3].max() < scores[3:].min()
+    thr = ModelPackage.load(pkg_dir).machine("pump").calibration.threshold_of("source")
+    np.testing.assert_allclose(norm, scores / thr, rtol=1e-3)
+    assert [int(r["decision"]) for r in rows] == [int(v > 1) for v in norm]
     with pytest.raises(PackageError, match="machine 'valve' is not in this package"):
         run_cli(["score", "--package", str(pkg_dir), "--machine", "valve", str(normal[0])])
 
@@ -410,9 +425,9 @@ def test_score_real_recordings(pkg_dir, capsys):
     res = en.enroll(pkg_dir, "id00", train)
     assert res.n_added == 4 * 5  # 10 s clips, 2 s windows
     run_cli(["score", "--package", str(pkg_dir), "--machine", "id00", *map(str, test)])
-    rows = [r.split(",") for r in capsys.readouterr().out.strip().splitlines()[1:]]
+    rows = list(csv.DictReader(capsys.readouterr().out.strip().splitlines()))
     assert len(rows) == len(test)
-    assert all(np.isfinite(float(r[1])) and r[2] in ("0", "1") for r in rows)
+    assert all(np.isfinite(float(r["score"])) and r["decision"] in ("0", "1") for r in rows)
 
 
 def test_manifest_history_is_json_serialisable(pkg_dir):

@@ -65,7 +65,28 @@ def test_evaluate_writes_dcase_files_and_metrics(tiny_dataset: Path, tmp_path: P
     summary = json.loads((out / "evaluation.json").read_text())
     assert summary["recipe"] == recipe
     assert 0.0 < summary["official_score"] <= 1.0
-    assert (out / "results.md").read_text().count("|") > 10
+    results = (out / "results.md").read_text()
+    assert results.count("|") > 10
+    # per condition: normal clips over the threshold (FPR) and anomalies over it (TPR), at the
+    # alarm threshold and at the DCASE one that the decision files use
+    assert "FPR (alarm)" in results and "TPR (DCASE 0.9)" in results
+    alarms = list(csv.DictReader((out / "alarms.csv").read_text().splitlines()))
+    assert {(r["machine"], r["condition"]) for r in alarms} == {
+        (m, d) for m in MACHINES for d in ("source", "target")
+    }
+    for m in MACHINES:
+        scores = list(
+            csv.reader((out / f"anomaly_score_{m}_section_00_test.csv").read_text().splitlines())
+        )
+        decisions = dict(
+            csv.reader((out / f"decision_result_{m}_section_00_test.csv").read_text().splitlines())
+        )
+        normal = [f for f, _ in scores if "_normal_" in f]
+        for cond in ("source", "target"):
+            row = next(r for r in alarms if (r["machine"], r["condition"]) == (m, cond))
+            mine = [f for f in normal if f"_{cond}_" in f]
+            fpr = sum(decisions[f] == "1" for f in mine) / len(mine)
+            assert float(row["FPR (DCASE 0.9)"]) == pytest.approx(fpr)
 
 
 def test_evaluate_auto_says_what_it_picked(tiny_dataset: Path, tmp_path: Path):

@@ -104,6 +104,25 @@ def test_frames_match_the_numpy_reference(embedder):
     assert np.max(np.abs(frames - ref)) < 1e-3  # dB
 
 
+def test_graphs_keep_the_band_limit(enc, embedder):
+    """The band limit is inside the exported graphs (a constant) and named in their metadata:
+    sound above `BAND_EDGE_HZ` (what a 16 kHz recording has and a resampled 48 kHz one lacks)
+    changes neither the frames nor the embedding."""
+    import json
+
+    import onnx
+
+    for path in (enc.full, enc.frontend, enc.backbone):
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert json.loads(meta["sonitor.frontend"])["band_edge_hz"] == fe.BAND_EDGE_HZ
+    x = _clips(2, 2.0)
+    t = np.arange(x.shape[1]) / fe.SAMPLE_RATE
+    y = (x + 0.1 * sum(np.sin(2 * np.pi * f * t) for f in (7450.0, 7800.0))).astype(np.float32)
+    assert np.abs(embedder.frames(x[0]) - embedder.frames(y[0])).max() < 0.05  # dB
+    a, b = embedder.embed(x), embedder.embed(y)
+    assert np.abs(a - b).max() < 1e-2 * np.abs(a).max()
+
+
 def test_frame_stream_is_chunking_invariant(embedder):
     x = _clips(1, 3.0)[0]
     rng = np.random.default_rng(0)

@@ -6,6 +6,7 @@ Also the three ways in (--run, --data, --checkpoint), the parity guard and int8 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import warnings
 
@@ -18,6 +19,7 @@ from export.onnx_export import Tolerance, torch_embed
 from export.onnx_graph import ExportError
 from export.package_writer import MachineSpec, build_package
 from monitor.audio.io import write_wav
+from monitor.errors import SonitorError
 from monitor.model import enroll as en
 from monitor.model.package import ModelPackage
 from monitor.model.scoring import scorer_by_name
@@ -105,12 +107,13 @@ def test_round_trip_train_export_score(trained, tmp_path, capsys):
     )
     files = [write_wav(tmp_path / f"c{i}.wav", c, subtype="FLOAT") for i, c in enumerate(clips)]
     assert _cli(["score", "--package", str(path), "--machine", "fan", *map(str, files)]) == 0
-    rows = [r.split(",") for r in capsys.readouterr().out.strip().splitlines()[1:]]
-    runtime = np.array([float(r[1]) for r in rows])
+    rows = list(csv.DictReader(capsys.readouterr().out.strip().splitlines()))
+    runtime = np.array([float(r["score"]) for r in rows])
     training_side = specs[0].scorer.score_samples(torch_embed(model, clips))
     np.testing.assert_allclose(runtime, training_side, rtol=1e-4, atol=1e-6)
-    thr = pkg.machine("fan").threshold
-    assert [int(r[2]) for r in rows] == [int(s > thr) for s in training_side]
+    thr = pkg.machine("fan").calibration.threshold_of("source")
+    assert {r["condition"] for r in rows} == {"source"}
+    assert [int(r["decision"]) for r in rows] == [int(s > thr) for s in training_side]
 
 
 def test_parity_failure_writes_nothing(trained, tmp_path):
@@ -337,3 +340,27 @@ def test_run_dir_rebuilds_the_simclr_model(tmp_path):
     assert type(run.model) is ProjectedEncoder and run.model.head.net[-1].out_features == 16
     x = synthetic_machine_audio("fan", 2, 1.0)
     np.testing.assert_allclose(torch_embed(run.model, x), torch_embed(model, x), atol=1e-5)
+
+
+def test_export_from_data_of_10_s_clips_picks_a_window_on_the_frame_grid(tmp_path, capsys):
+    """The default recipe (simclr: 512-sample frame hop) on 10 s clips, as in every DCASE year:
+    160000 samples are no whole number of hops, so the window becomes 9.984 s and the hop
+    0.992 s, chosen before training; an explicit window off the grid fails before training."""
+    from training.synth import generate_dataset
+
+    data = generate_dataset(
+        tmp_path / "data", machines=("fan",), n_train_source=6, n_train_target=2,
+        n_test_per_group=1, n_supplemental=0, seconds=10.0, workers=1,
+    )  # fmt: skip
+    with pytest.raises(SonitorError, match=r"--window-seconds 10 = 160000 samples .* 512-sample"):
+        _cli(["export", "--data", str(data), "--out", str(tmp_path / "bad"),
+              "--window-seconds", "10", "--quiet"])  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+    rc = _cli([
+        "export", "--data", str(data), "--out", str(tmp_path / "pkg"), "--epochs", "1",
+        "--k", "2", "--quiet",
+    ])  # fmt: skip
+    assert rc == 0 and "package written" in capsys.readouterr().out
+    pkg = ModelPackage.load(tmp_path / "pkg")
+    assert pkg.recipe == "simclr" and pkg.frontend.hop_length == 512
+    assert (pkg.window_samples, pkg.hop_samples) == (312 * 512, 31 * 512)

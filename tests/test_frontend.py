@@ -107,9 +107,88 @@ def test_log_mel_matches_librosa_melspectrogram():
         pad_mode="reflect",
     )  # fmt: skip
     ref_db = 10.0 * np.log10(np.maximum(ref, EPS64))
-    ours = fe.log_mel(x, 1024, 512, 128, htk=False, norm="slaney", amin=EPS64)
+    ours = fe.log_mel(x, 1024, 512, 128, htk=False, norm="slaney", amin=EPS64, band_edge_hz=None)
     assert ours.shape == ref_db.shape
     assert np.abs(ours - ref_db).max() < 1e-3
+    # band-limited (the default): librosa's spectrum through the band-limited filterbank
+    spec = np.abs(
+        librosa.stft(x.astype(np.float64), n_fft=1024, hop_length=512, pad_mode="reflect")
+    )
+    fb = fe.band_limited(librosa.filters.mel(sr=SR, n_fft=1024, n_mels=128).T)
+    ref_band = 10.0 * np.log10(np.maximum(fb.T.astype(np.float64) @ spec**2, EPS64))
+    ours = fe.log_mel(x, 1024, 512, 128, htk=False, norm="slaney", amin=EPS64)
+    assert np.abs(ours - ref_band).max() < 1e-3
+
+
+def test_band_mask():
+    m = fe.band_mask(512)  # 31.25 Hz bins: 7000 Hz is bin 224
+    assert m.shape == (257,) and m.dtype == np.float32
+    assert m[:225].min() == 1.0 and m[225:].max() == 0.0
+    assert fe.band_mask(512, edge_hz=None).min() == 1.0
+    with pytest.raises(ValueError, match="edge_hz"):
+        fe.band_mask(512, edge_hz=9000.0)
+
+
+@pytest.mark.parametrize("n_fft,n_mels,htk", [(512, 64, True), (2048, 128, False)])
+def test_band_limited_filterbank_repeats_the_highest_whole_filter(n_fft, n_mels, htk):
+    """Filters reaching above the edge repeat the highest one below it: no empty (constant)
+    bands, no weight above the edge."""
+    fb = fe.mel_filterbank(n_fft, n_mels, htk=htk, norm=None if htk else "slaney")
+    lim = fe.band_limited(fb)
+    top = int(fe.band_columns(fb).max())
+    hz = np.arange(fb.shape[0]) * SR / n_fft
+    assert lim[hz > fe.BAND_EDGE_HZ].max() == 0.0
+    np.testing.assert_array_equal(lim[:, : top + 1], fb[:, : top + 1])  # untouched below
+    assert np.all(lim[:, top + 1 :] == fb[:, [top]])  # the rest repeat filter `top`
+    assert fb[hz > fe.BAND_EDGE_HZ, top + 1].max() > 0  # ... which was the last one below
+    assert n_mels - 8 < top + 1 < n_mels  # a few bands only
+    np.testing.assert_array_equal(fe.band_limited(fb, edge_hz=None), fb)
+
+
+def _top_band_changed(x: np.ndarray) -> np.ndarray:
+    """``x`` plus loud sound in 7.45-8 kHz: what a native 16 kHz recording has there and a
+    resampled 44.1/48 kHz one does not (the resampler's transition band)."""
+    t = np.arange(x.size) / SR
+    top = sum(np.sin(2 * np.pi * f * t + f) for f in (7450.0, 7600.0, 7800.0, 7950.0))
+    return (x + 0.1 * top).astype(np.float32)
+
+
+def test_frontends_do_not_hear_above_the_band_edge():
+    """Every front-end (numpy, torch CED, torch LogMel; ONNX in test_export) gives the same
+    features whether the resampler's transition band is there or not."""
+    x = _noise(2 * SR, 11, 0.05) + _tone(1000.0, 2.0, 0.3)
+    y = _top_band_changed(x)
+    pairs = {
+        "numpy ced": (fe.ced_log_mel(x), fe.ced_log_mel(y)),
+        "numpy logmel": (fe.log_mel(x, 2048, 512, 128, htk=False, norm="slaney"),
+                         fe.log_mel(y, 2048, 512, 128, htk=False, norm="slaney")),
+    }  # fmt: skip
+    for name, front in (("torch ced", CEDFrontEnd()), ("torch logmel", LogMel())):
+        with torch.no_grad():
+            a, b = front(torch.from_numpy(np.stack([x, y])))
+        pairs[name] = (a.numpy(), b.numpy())
+    for name, (a, b) in pairs.items():
+        # inner frames: the first/last two reflect the clip's edge, which splatters any sound
+        # over all bins (a window inside a stream has real neighbours there: runtime.py)
+        assert np.abs(a - b)[..., 2:-2].max() < 0.05, name  # dB
+    # without the limit the top mel bands differ by tens of dB (the bug)
+    full = LogMel(band_edge_hz=None)
+    with torch.no_grad():
+        a, b = full(torch.from_numpy(np.stack([x, y])))
+    assert (b - a)[..., 2:-2].max().item() > 20.0
+
+
+def test_checkpoint_filterbank_cannot_undo_the_band_limit():
+    """CED's .pt (and older checkpoints) carry ``mel_scale.fb``; the band mask is not in them."""
+    front = CEDFrontEnd()
+    front.load_state_dict(
+        {"0.spectrogram.window": torch.from_numpy(fe.hann_window(512)),
+         "0.mel_scale.fb": torch.from_numpy(fe.mel_filterbank(512, 64, f_max=8000.0))}
+    )  # fmt: skip
+    x = _noise(SR, 12, 0.05)
+    with torch.no_grad():
+        a, b = front(torch.from_numpy(np.stack([x, _top_band_changed(x)])))
+    assert (a - b)[..., 2:-2].abs().max().item() < 0.05
 
 
 def test_log_mel_tone_peaks_in_its_band():
@@ -206,7 +285,8 @@ def test_logmel_matches_numpy(n_fft, hop, n_mels, frames):
     x = _noise(10 * SR, 9) + _tone(700.0, 10.0, 0.2)
     lm = LogMel(n_fft, hop, n_mels)
     ours = lm(torch.from_numpy(x)[None])[0].numpy()
-    ref = fe.log_mel(x, n_fft, hop, n_mels, htk=False, norm="slaney", amin=EPS64)
+    kw = dict(htk=False, norm="slaney", amin=EPS64)
+    ref = fe.log_mel(x, n_fft, hop, n_mels, **kw, reference_db=lm.to_db.reference_db)
     assert ours.shape == ref.shape == (n_mels, frames) and lm.n_frames(10 * SR) == frames
     assert np.abs(ours - ref).max() < 2e-3
 
@@ -214,7 +294,9 @@ def test_logmel_matches_numpy(n_fft, hop, n_mels, frames):
 def test_logmel_top_db_and_htk_options():
     x = _tone(1000.0, 1.0, 1.0)
     x[: SR // 2] = 0.0
-    lm = LogMel(512, 160, 64, htk=True, norm=None, top_db=80.0, amin=1e-10, f_max=8000.0)
+    lm = LogMel(
+        512, 160, 64, htk=True, norm=None, top_db=80.0, amin=1e-10, f_max=8000.0, level_norm=False
+    )
     ours = lm(torch.from_numpy(x)[None])[0].numpy()
     ref = fe.log_mel(x, 512, 160, 64, htk=True, norm=None, top_db=80.0, f_max=8000.0)
     assert np.abs(ours - ref).max() < 2e-3
@@ -229,7 +311,7 @@ def test_frontends_on_real_recordings():
 
     wavs = sorted(folder.glob("*/train/*.wav"))[::4]
     assert wavs, f"no wav files under {folder}"
-    front, lm = CEDFrontEnd(), LogMel()
+    front, lm = CEDFrontEnd(), LogMel(level_norm=False)
     for path in wavs:
         x, sr = sf.read(path, dtype="float32")
         assert sr == SR
@@ -237,3 +319,17 @@ def test_frontends_on_real_recordings():
         assert np.abs(front(t)[0].numpy() - fe.ced_log_mel(x)).max() < 2e-3, path.name
         ref = fe.log_mel(x, 2048, 512, 128, htk=False, norm="slaney", amin=EPS64)
         assert np.abs(lm(t)[0].numpy() - ref).max() < 2e-3, path.name
+
+
+@pytest.mark.parametrize("make", [CEDFrontEnd, LogMel])
+def test_level_normalisation_makes_every_front_end_gain_invariant(make):
+    """A machine a few dB louder or quieter gives the same features (the level is the daemon's
+    level rule); the numpy reference agrees with the torch module."""
+    x = _noise(3 * SR, 11, 0.05) + _tone(440.0, 3.0, 0.1)
+    front = make()
+    base = front(torch.from_numpy(x)[None])
+    for gain_db in (-6.0, -3.0, 2.0, 6.0):
+        y = (x * 10 ** (gain_db / 20)).astype(np.float32)
+        torch.testing.assert_close(front(torch.from_numpy(y)[None]), base, rtol=0, atol=2e-3)
+    to_db = front[1] if isinstance(front, CEDFrontEnd) else front.to_db
+    assert to_db.level_norm and abs(float(base.mean()) - to_db.reference_db) < 1e-3

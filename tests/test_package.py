@@ -269,6 +269,36 @@ def test_bank_missing_array(pkg_dir):
         ModelPackage.load(pkg_dir)
 
 
+def _link_out(pkg: Path, rel: str, outside: Path) -> None:
+    """Move ``rel`` (a file or folder) out of the package and leave a symlink in its place."""
+    shutil.move(pkg / rel, outside)
+    (pkg / rel).symlink_to(outside)
+
+
+@pytest.mark.parametrize(
+    "rel", ["machines/fan/bank.npz", "machines/pump", "encoder.onnx", "manifest.json"]
+)
+def test_symlinks_are_refused(pkg_dir, tmp_path, rel):
+    """Identical bytes behind the link (checksums pass): the link itself is refused."""
+    _link_out(pkg_dir, rel, tmp_path / "outside")
+    with pytest.raises(PackageError, match=rf"{re.escape(rel)}: is a symbolic link"):
+        ModelPackage.load(pkg_dir)
+
+
+def test_calibration_linked_to_a_system_file_is_never_read(pkg_dir):
+    cal = pkg_dir / "machines" / "fan" / "calibration.json"
+    cal.unlink()
+    cal.symlink_to("/etc/passwd")
+    _refresh_checksums(pkg_dir)  # the manifest even vouches for it
+    with pytest.raises(PackageError, match=r"fan/calibration\.json: is a symbolic link"):
+        ModelPackage.load(pkg_dir, verify_checksums=False)
+
+
+def test_a_linked_package_folder_is_fine(base, tmp_path):
+    (tmp_path / "current").symlink_to(base)
+    assert ModelPackage.load(tmp_path / "current").machines == ["fan", "pump"]
+
+
 def _refresh_checksums(pkg: Path) -> None:
     """Re-sign the files after a deliberate edit, so the check under test is not the checksum."""
 

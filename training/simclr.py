@@ -119,7 +119,7 @@ class FFTLogMel:
         self.center = spec.center if center is None else center
         left = (spec.n_fft - spec.win_length) // 2
         self.window = F.pad(spec.window.detach(), (left, spec.n_fft - spec.win_length - left))
-        self.fb = frontend.mel.mel_scale.fb.detach()
+        self.fb = frontend.mel.mel_scale.weights().detach()  # band-limited, as in export
         self.to_db = frontend.to_db
 
     @torch.no_grad()

@@ -6,6 +6,11 @@ the I/O; when the queue is full the clip is dropped and counted rather than bloc
 runs after every write and on a timer: files older than ``max_age_s`` go, then the oldest go until
 the clips fit ``max_total_bytes`` and the file system keeps ``min_free_bytes`` free ("disk filled
 anyway" is the recurring bug of comparable daemons).
+
+Power loss: a clip is written under hidden temporary names, each file fsynced, then renamed into
+place with the folder fsynced after each rename, the sidecar last. So a file under its final name
+is always whole (a rename alone can reach the disk before the data does), and a sidecar means its
+WAV is there; the temporary leftovers of an interrupted write are deleted by the next scan.
 """
 
 from __future__ import annotations
@@ -86,6 +91,15 @@ class _ClipFile:
     mtime: float
     size: int
     paths: list[Path] = field(default_factory=list)
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush a file's data, or a folder's names, to the disk (``os.fsync`` of an fd of it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -200,11 +214,17 @@ class ClipWriter:
         side = wav.with_suffix(".json")
         tmp_wav = self.directory / f".{wav.stem}.partial.wav"
         tmp_side = self.directory / f".{wav.stem}.partial.json"
-        tmp_side.write_text(side_text)
+        with open(tmp_side, "w", encoding="utf-8") as f:
+            f.write(side_text)
+            f.flush()
+            os.fsync(f.fileno())
         if audio.size:
             _write_wav(tmp_wav, audio, self.policy.sample_rate)
+            _fsync_file(tmp_wav)
             os.replace(tmp_wav, wav)
+            _fsync_file(self.directory)  # the WAV's name is on disk before the sidecar's
         os.replace(tmp_side, side)  # the sidecar last: its presence means the clip is complete
+        _fsync_file(self.directory)
         self.written_total += 1
         self.disk_bytes += (wav.stat().st_size if audio.size else 0) + side.stat().st_size
         log.info("clip written: %s (%.1f s)", wav, audio.size / self.policy.sample_rate)
@@ -219,10 +239,12 @@ class ClipWriter:
     def _scan(self) -> list[_ClipFile]:
         clips: dict[str, _ClipFile] = {}
         for path in self.directory.iterdir():
-            if path.suffix not in (".wav", ".json") or not path.is_file():
-                continue
-            if path.name.startswith("."):  # a partial write interrupted by a crash
+            if path.name.startswith(".") and ".partial." in path.name and path.is_file():
+                # a write interrupted by a crash (write_wav's own temporary file included)
+                log.info("deleting %s, left by an interrupted clip write", path.name)
                 path.unlink(missing_ok=True)
+                continue
+            if path.suffix not in (".wav", ".json") or not path.is_file():
                 continue
             st = path.stat()
             clip = clips.setdefault(path.stem, _ClipFile(path.stem, st.st_mtime, 0))

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-EventKind = Literal["anomaly", "capture", "test"]
+EventKind = Literal["anomaly", "level", "capture", "test"]
 EventType = Literal["start", "update", "end"]
 Severity = Literal["warning", "critical"]
 AlarmState = Literal["idle", "active", "cooldown", "muted", "unhealthy"]
@@ -30,6 +30,9 @@ END_MUTED = "muted"
 END_INVALID_SCORES = "invalid_scores"
 END_RECOVERED = "recovered"  # capture alarms only
 END_SHUTDOWN = "shutdown"
+# The daemon died with the alert open (SIGKILL, crash, power cut); the next start ends it
+# (monitor/outputs/open_alerts.py).
+END_RESTART = "restart"
 # Update reasons.
 UPDATE_SEVERITY = "severity"
 UPDATE_PEAK = "peak"
@@ -176,9 +179,22 @@ class AlertMachine:
     window arrives at all). Every method returns the lifecycle events it produced, in order.
     """
 
-    def __init__(self, source: str, policy: AlertPolicy | None = None) -> None:
+    def __init__(
+        self,
+        source: str,
+        policy: AlertPolicy | None = None,
+        *,
+        kind: EventKind = "anomaly",
+        capture_alarms: bool = True,
+    ) -> None:
+        """``kind``: what this machine's score-driven events are called ("anomaly"; "level" for
+        the level-shift rule, which feeds |level change| / its threshold as the score).
+        ``capture_alarms=False``: unhealthy capture still ends an open event, but only the
+        source's main machine raises the capture alarm."""
         self.source = source
         self.policy = policy or AlertPolicy()
+        self.kind: EventKind = kind
+        self.capture_alarms = capture_alarms
         self._history: deque[tuple[float, float]] = deque(maxlen=self.policy.m_windows)
         self._open: _Open | None = None
         self._capture: _Capture | None = None
@@ -344,7 +360,7 @@ class AlertMachine:
         peak = max(s for _, s in self._history)
         score = self._history[-1][1]
         self._open = _Open(
-            event_id=event_id_for(self.source, first),
+            event_id=event_id_for(self.source, first, self.kind),
             start_time=first,
             raised_time=t,
             severity=self._severity(crit),
@@ -399,7 +415,7 @@ class AlertMachine:
         assert ev is not None
         above, _ = self._counts()
         msg = AlertEvent(
-            kind="anomaly",
+            kind=self.kind,
             type=type_,
             event_id=ev.event_id,
             source=self.source,
@@ -420,6 +436,8 @@ class AlertMachine:
 
     # ------------------------------------------------------------------ capture alarm / mute
     def _capture_step(self, t: float) -> list[AlertEvent]:
+        if not self.capture_alarms:
+            return []
         if self._capture is not None:
             if self._capture.reason != self._unhealthy_reason:
                 self._capture.reason = self._unhealthy_reason

@@ -15,6 +15,19 @@ from numpy.typing import ArrayLike
 
 SAMPLE_RATE = 16000
 
+# The band every model sees, whatever rate the audio was captured at. A 22.05/44.1/48 kHz
+# microphone resampled to 16 kHz loses the top of the band to the resampler's anti-alias filter
+# (soxr HQ, measured for all three rates: flat to 7.35 kHz, -0.1 dB at 7.45, -3 dB at 7.6,
+# -25 dB at 7.8 kHz), native 16 kHz audio keeps it up to 8 kHz, and a model that sees the
+# difference scores normal sound as anomalous (1.04 -> 19.7 on the demo package). So the
+# front-ends (numpy here, torch in training.features and with them the ONNX graphs) use no STFT
+# bin above this edge: 350 Hz (11 bins of CED's STFT, 45 of the ResNet's) below the resampler's
+# passband edge, far outside the Hann window's leakage. The mel filters that reach above it
+# repeat the highest one that does not (`band_limited`): a flat continuation of the spectrum
+# instead of empty bands, whose constant -156 dB dominated the embeddings enough for float
+# rounding to move Mahalanobis scores past the export's parity tolerance.
+BAND_EDGE_HZ = 7000.0
+
 # CED (Dinkel et al., ICASSP 2024): torchaudio MelSpectrogram + AmplitudeToDB(top_db=120).
 CED_N_FFT = 512
 CED_WIN_LENGTH = 512
@@ -97,6 +110,50 @@ def mel_filterbank(
     return fb.astype(np.float32)
 
 
+def band_mask(
+    n_fft: int, sr: int = SAMPLE_RATE, edge_hz: float | None = BAND_EDGE_HZ
+) -> np.ndarray:
+    """``[n_fft // 2 + 1]`` float32: 1 for the STFT bins at or below ``edge_hz``, 0 above.
+
+    ``edge_hz=None`` keeps every bin (the full band up to sr/2, as before the band limit).
+    """
+    n_freqs = n_fft // 2 + 1
+    if edge_hz is None:
+        return np.ones(n_freqs, dtype=np.float32)
+    if not 0.0 < float(edge_hz) <= sr / 2.0:
+        raise ValueError(f"band_mask: need 0 < edge_hz <= sr/2 = {sr / 2.0:g}, got {edge_hz}")
+    freqs = np.arange(n_freqs) * (sr / n_fft)
+    return (freqs <= float(edge_hz)).astype(np.float32)
+
+
+def band_columns(
+    fb: np.ndarray, sr: int = SAMPLE_RATE, edge_hz: float | None = BAND_EDGE_HZ
+) -> np.ndarray:
+    """``[n_mels]`` int64: the filter each mel band uses once the band is limited to ``edge_hz``.
+
+    A filter with no weight above the edge is its own; every filter above it repeats the highest
+    such one. Filters are ordered by frequency (as `mel_filterbank` makes them).
+    """
+    n_mels = fb.shape[1]
+    if edge_hz is None:
+        return np.arange(n_mels, dtype=np.int64)
+    above = band_mask(2 * (fb.shape[0] - 1), sr, edge_hz) == 0
+    whole = np.flatnonzero(~(fb[above] > 0).any(axis=0) & (fb.sum(axis=0) > 0))
+    if whole.size == 0:
+        raise ValueError(f"band_columns: no mel filter lies below the band edge {edge_hz} Hz")
+    return np.minimum(np.arange(n_mels), whole.max()).astype(np.int64)
+
+
+def band_limited(
+    fb: np.ndarray, sr: int = SAMPLE_RATE, edge_hz: float | None = BAND_EDGE_HZ
+) -> np.ndarray:
+    """The ``[n_freqs, n_mels]`` filterbank the front-ends apply: `band_columns` of ``fb``, and
+    no weight on bins above ``edge_hz`` (also for a filterbank of other shapes, e.g. loaded)."""
+    n_fft = 2 * (fb.shape[0] - 1)
+    limited = fb[:, band_columns(fb, sr, edge_hz)] * band_mask(n_fft, sr, edge_hz)[:, None]
+    return limited.astype(np.float32)
+
+
 def hann_window(n: int, periodic: bool = True) -> np.ndarray:
     """Hann window (float32); ``periodic=True`` is ``torch.hann_window``'s default, used by CED."""
     if n < 1:
@@ -169,16 +226,22 @@ def log_mel(
     win_length: int | None = None,
     center: bool = True,
     pad_mode: str = "reflect",
+    band_edge_hz: float | None = BAND_EDGE_HZ,
+    reference_db: float | None = None,
 ) -> np.ndarray:
     """Log-mel in dB, ``[..., n_mels, frames]`` float32: 10*log10(max(mel power, amin)).
 
-    With ``top_db`` every clip (each leading index) is floored at its own max - top_db, so a
-    clip's features never depend on the other clips it is batched with.
+    Bins above ``band_edge_hz`` are dropped before the mel filters (`BAND_EDGE_HZ`; None: the
+    full band, e.g. to compare with librosa). With ``top_db`` every clip (each leading index) is
+    floored at its own max - top_db, so a clip's features never depend on the other clips it is
+    batched with. With ``reference_db`` each clip's mean dB is moved to it (level normalisation,
+    as `training.features.PowerToDB` does: a gain change leaves the result unchanged).
     """
     power = power_spectrogram(
         x, n_fft, hop, win_length=win_length, center=center, pad_mode=pad_mode
     )
     fb = mel_filterbank(n_fft, n_mels, sr=sr, f_min=f_min, f_max=f_max, htk=htk, norm=norm)
+    fb = band_limited(fb, sr, band_edge_hz)
     mel = np.swapaxes(np.swapaxes(power, -1, -2) @ fb.astype(np.float64), -1, -2)
     db = 10.0 * np.log10(np.maximum(mel, amin))
     if top_db is not None:
@@ -186,16 +249,34 @@ def log_mel(
             raise ValueError(f"log_mel: top_db must be >= 0, got {top_db}")
         floor = db.max(axis=(-2, -1), keepdims=True) - top_db
         db = np.maximum(db, floor)
+    if reference_db is not None:
+        db = db - db.mean(axis=(-2, -1), keepdims=True) + reference_db
     return db.astype(np.float32)
 
 
-def ced_log_mel(x: np.ndarray) -> np.ndarray:
-    """CED's front-end in numpy: ``[..., samples]`` -> ``[..., 64, frames]`` dB, per-clip floor."""
-    return log_mel(
-        x,
-        CED_N_FFT,
-        CED_HOP,
-        CED_N_MELS,
+def pink_noise(seconds: float = 1.0, dbfs: float = -25.0, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Deterministic pink noise at ``dbfs`` RMS: the reference signal of level normalisation."""
+    n = int(round(seconds * sr))
+    spec = np.fft.rfft(np.random.default_rng(0).standard_normal(n))
+    spec[1:] /= np.sqrt(np.arange(1, spec.size))
+    spec[0] = 0.0
+    x = np.fft.irfft(spec, n)
+    return x * (10 ** (dbfs / 20) / np.sqrt(np.mean(x**2)))
+
+
+def level_reference_db(**log_mel_kwargs: object) -> float:
+    """Mean dB of `pink_noise` through `log_mel` with these parameters (no level normalisation):
+    where level normalisation puts every clip."""
+    return round(float(log_mel(pink_noise(), **log_mel_kwargs).mean()), 3)  # type: ignore[arg-type]
+
+
+def ced_log_mel(x: np.ndarray, level_norm: bool = True) -> np.ndarray:
+    """CED's front-end in numpy: ``[..., samples]`` -> ``[..., 64, frames]`` dB, per-clip floor,
+    band-limited to `BAND_EDGE_HZ` and level-normalised like every sonitor front-end."""
+    params: dict = dict(
+        n_fft=CED_N_FFT,
+        hop=CED_HOP,
+        n_mels=CED_N_MELS,
         htk=True,
         norm=None,
         top_db=CED_TOP_DB,
@@ -204,6 +285,8 @@ def ced_log_mel(x: np.ndarray) -> np.ndarray:
         f_max=CED_F_MAX,
         win_length=CED_WIN_LENGTH,
     )
+    ref = level_reference_db(**params) if level_norm else None
+    return log_mel(x, **params, reference_db=ref)
 
 
 def n_frames(n_samples: int, hop: int, n_fft: int, center: bool = True) -> int:

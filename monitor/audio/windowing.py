@@ -54,6 +54,15 @@ class Window:
     finite: bool  # False when the audio held NaN/inf (replaced by 0 before the front-end)
     generation: int = 0  # windower generation (a reload may change the front-end)
     meta: dict = field(default_factory=dict)
+    # RMS level (dBFS) in the model's band of the window's last second: a DC offset or a
+    # sub-audio drift of a broken input reads loud in level_dbfs and silent here
+    band_level_dbfs: float = 0.0
+
+
+def _band_level(x: np.ndarray) -> float:
+    from monitor.audio.inputcheck import band_level_dbfs  # it imports this module
+
+    return band_level_dbfs(x)
 
 
 def level_dbfs(x: np.ndarray) -> float:
@@ -62,6 +71,9 @@ def level_dbfs(x: np.ndarray) -> float:
         return SILENCE_DBFS
     ms = float(np.mean(np.square(x, dtype=np.float64)))
     return 10.0 * math.log10(ms) if ms > 1e-20 else SILENCE_DBFS
+
+
+BAND_CHECK_SAMPLES = 16384  # ~1 s: long enough to keep a 1 Hz drift out of the band, cheap
 
 
 class SourceWindower:
@@ -239,6 +251,7 @@ class SourceWindower:
             ready_monotonic=now,
             ready_wall=wall,
             level_dbfs=level_dbfs(wave),
+            band_level_dbfs=_band_level(wave[-BAND_CHECK_SAMPLES:]),
             clipped_fraction=peak_frac,
             finite=not any(first < e and last >= s for first, last in self._bad),
             generation=self.generation,

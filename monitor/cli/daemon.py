@@ -78,7 +78,7 @@ def _writable_dir(path: Path, key: str) -> None:
 def check_config(cfg: Config) -> list[str]:
     """Errors raise (ConfigError/PackageError/AudioError naming the key); returns warnings."""
     from monitor.audio.io import audio_info
-    from monitor.daemon.wiring import Pipeline, clip_policy, mqtt_settings
+    from monitor.daemon.wiring import Pipeline, clip_policy, mqtt_settings, n_of_m
 
     warnings: list[str] = []
     pipeline = Pipeline.build(cfg)  # package, machines, windows vs the front-end
@@ -110,7 +110,8 @@ def check_config(cfg: Config) -> list[str]:
         settings.ssl_context()
         _writable_dir(cfg.outbox_path.parent, "mqtt.outbox.path")
     need = cfg.clips.pre_roll_seconds + pipeline.window_samples / 16000
-    need += cfg.alerts.n_of_m[1] * pipeline.hop_samples / 16000
+    _, m = n_of_m(cfg, pipeline.window_seconds, pipeline.hop_seconds)
+    need += m * pipeline.hop_samples / 16000
     if cfg.clips.enabled and cfg.capture.history_seconds < need:
         warnings.append(
             f"capture.history_seconds ({cfg.capture.history_seconds:g}) is shorter than "

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,9 @@ def _capture(config: Path, source: str, seconds: float, timeout: float | None = 
                     break
                 time.sleep(0.05)
     audio = np.concatenate(parts)[:need] if parts else np.zeros(0, np.float32)
+    if not np.isfinite(audio).all():  # as load_audio refuses such a file
+        bad = int(np.count_nonzero(~np.isfinite(audio)))
+        raise AudioError(f"source {source!r}: recorded {bad} NaN or infinite sample(s)")
     return src.machine, audio
 
 
@@ -73,37 +77,120 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         machine,
         args.audio,
         waveforms=waveforms,
-        domain=args.domain,
+        condition=args.condition or args.domain or "source",
         threads=args.threads,
         stride_seconds=args.stride_seconds,
         max_bank=args.max_bank,
         scorer=args.scorer,
-        method=args.threshold_method,
-        q=args.threshold_q,
+        budget=args.false_alarms_per_week,
     )
     print(res.summary())
     return 0
 
 
+def _check_inputs(pkg: Any, results: list[Any]) -> list[list[Any]]:
+    """The daemon's window checks on every scored window; a warning line per unhealthy file.
+
+    The score is still printed (it is what the model says), but a file of silence, clipping or
+    DC only is marked ``unhealthy`` and named on stderr: the daemon would not trust such audio,
+    it would report the microphone.
+    """
+    from collections import Counter
+
+    from monitor.audio.capture import LivenessSpec
+    from monitor.audio.inputcheck import check_window
+    from monitor.audio.io import load_audio
+
+    lv = LivenessSpec()  # the config's defaults of capture.silence_dbfs and clip_fraction
+    sr, win = pkg.sample_rate, pkg.window_samples
+    checks = []
+    for r in results:
+        audio = load_audio(r.path, sr=sr)
+        per = [
+            check_window(
+                audio[round(s * sr) : round(s * sr) + win],
+                silence_dbfs=lv.silence_dbfs,
+                clip_fraction=lv.clip_fraction,
+                sr=sr,
+            )
+            for s in r.window_starts
+        ]
+        checks.append(per)
+        bad = [c for c in per if c.problem]
+        if bad:
+            worst = Counter(c.problem for c in bad).most_common(1)[0][0]
+            first = next(c for c in bad if c.problem == worst)
+            print(
+                f"warning: {r.path}: unhealthy input in {len(bad)} of {len(per)} window(s): "
+                f"{first.describe(lv.silence_dbfs, lv.clip_fraction)}; {first.consequence()}",
+                file=sys.stderr,
+            )
+    return checks
+
+
+def _check_rates(pkg: Any, paths: list[Path]) -> None:
+    """Warn where a file's native rate makes its scores incomparable (a line per file)."""
+    from monitor.audio.io import audio_info
+
+    edge = pkg.frontend.extra.get("band_edge_hz")
+    for path in paths:
+        rate = audio_info(path).sample_rate
+        if rate == pkg.sample_rate:
+            continue
+        if "band_edge_hz" not in pkg.frontend.extra:
+            print(
+                f"warning: {path}: recorded at {rate} Hz, but this package was exported before "
+                f"sonitor band-limited its front-end: its model hears up to "
+                f"{pkg.sample_rate / 2:g} Hz, and resampling to {pkg.sample_rate} Hz removes "
+                f"the top of that band, so normal sound can score as anomalous; export the "
+                f"package again",
+                file=sys.stderr,
+            )
+        elif edge is not None and rate / 2 < float(edge):
+            print(
+                f"warning: {path}: recorded at {rate} Hz, it holds nothing above {rate / 2:g} "
+                f"Hz, but the model hears up to {float(edge):g} Hz: it scores higher than the "
+                f"same sound recorded at {pkg.sample_rate} Hz or more",
+                file=sys.stderr,
+            )
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from monitor.model.enroll import score_files
+    from monitor.model.package import ModelPackage
 
+    pkg = ModelPackage.load(args.package)
     results = score_files(
-        args.package, args.machine, args.files, threads=args.threads,
+        pkg, args.machine, args.files, threads=args.threads,
         aggregate=args.aggregate, precision=args.precision,
     )  # fmt: skip
+    _check_rates(pkg, [r.path for r in results])
+    checks = _check_inputs(pkg, results)
     out = sys.stdout
     if args.per_window:
         if not args.no_header:
-            print("file,start_s,score,decision", file=out)
-        for r in results:
-            for start, v in zip(r.window_starts, r.window_scores, strict=True):
-                print(f"{r.path},{start:.3f},{v:.8g},{int(v > r.threshold)}", file=out)
+            print("file,start_s,score,normalised,condition,decision,input", file=out)
+        for r, per in zip(results, checks, strict=True):
+            assert r.window_normalised is not None
+            rows = zip(
+                r.window_starts, r.window_scores, r.window_normalised, r.window_conditions, per,
+                strict=True,
+            )  # fmt: skip
+            for start, v, norm, cond, c in rows:
+                print(
+                    f"{r.path},{start:.3f},{v:.8g},{norm:.4f},{cond},{int(norm > 1)},"
+                    f"{c.problem or 'ok'}",
+                    file=out,
+                )
     else:
         if not args.no_header:
-            print("file,score,decision", file=out)
-        for r in results:
-            print(f"{r.path},{r.score:.8g},{r.decision}", file=out)
+            print("file,score,normalised,condition,decision,input", file=out)
+        for r, per in zip(results, checks, strict=True):
+            mark = "unhealthy" if any(c.problem for c in per) else "ok"
+            print(
+                f"{r.path},{r.score:.8g},{r.normalised:.4f},{r.condition},{r.decision},{mark}",
+                file=out,
+            )
     return 0
 
 
@@ -122,10 +209,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, help="how long to record with --source")
     p.add_argument("--config", type=Path, help="daemon config file (for --source)")
     p.add_argument(
-        "--domain",
-        choices=["source", "target"],
-        default="source",
-        help="domain of these recordings (default source)",
+        "--condition",
+        metavar="NAME",
+        help="operating condition of these recordings (a speed, load or product: any name; "
+        "each condition gets its own threshold; default 'source', the main one)",
+    )
+    p.add_argument(
+        "--domain", choices=["source", "target"], help="DCASE name of a condition (= --condition)"
     )
     p.add_argument("--max-bank", type=int, help="bank size cap (default: the package's, 4096)")
     p.add_argument("--scorer", help="scorer for a NEW machine (default: the package's)")
@@ -135,11 +225,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="step between enrolment windows (default: one window, no overlap)",
     )
     p.add_argument(
-        "--threshold-method",
-        choices=["gamma", "percentile"],
-        help="threshold fit (default: the package's, gamma)",
+        "--false-alarms-per-week",
+        type=float,
+        help="the false-alarm budget the thresholds are fitted to (default: the package's, 1)",
     )
-    p.add_argument("--threshold-q", type=float, help="threshold quantile (default 0.9)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
     p.set_defaults(handler=cmd_enroll)
 
@@ -148,7 +237,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score recordings offline on the runtime path: prints file,score,decision",
         description="Score files exactly as the daemon scores live audio (same streaming "
         "front-end, windows and scorer). A file's score is the mean (or max) over its windows; "
-        "decision 1 = anomalous (score > the machine's threshold).",
+        "normalised = score / the threshold of the operating condition the file sounds closest to; "
+        "decision 1 = anomalous (normalised > 1). input = ok, or unhealthy (per window: silent, "
+        "clipped, no_band_signal) where the daemon's capture checks would not trust the audio; "
+        "a warning on stderr then names the file and the reason.",
     )
     s.add_argument("--package", required=True, help="model package folder (or .tar archive)")
     s.add_argument("--machine", required=True, help="machine whose bank scores the files")

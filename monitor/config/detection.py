@@ -69,8 +69,34 @@ class AlertsConfig(Strict):
         gt=0.0,
         description="Critical severity when N of the last M windows reach this normalised score.",
     )
-    n_of_m: tuple[int, int] = Field(
-        (3, 5), description="[N, M]: raise when N of the last M windows are anomalous."
+    n_of_m: tuple[int, int] | None = Field(
+        None,
+        description="[N, M]: raise when N of the last M windows are anomalous; null = "
+        "the persistence rule: N one more than the windows a sound of burst_seconds can touch "
+        "(13 of 15 for 10 s windows every 1 s), so a brief foreign sound never raises an alarm.",
+    )
+    burst_seconds: float = Field(
+        2.0,
+        ge=0.0,
+        le=60.0,
+        description="Sounds up to this long (a dropped tool, a horn, a voice) never raise an "
+        "anomaly alarm when n_of_m is null; longer ones delay every alarm by about as much.",
+    )
+    level_shift_db: float | None = Field(
+        4.5,
+        gt=0.0,
+        le=60.0,
+        description="Level rule: a `level` event (not an anomaly) when the window level "
+        "differs from the matched condition's enrolled level by more than this many dB (or 4x "
+        "the enrolled spread, if wider), under the same N-of-M, hold and cooldown; the anomaly "
+        "score itself ignores the level. null = off.",
+    )
+    false_alarms_per_week: float | None = Field(
+        None,
+        gt=0.0,
+        description="False-alarm budget per source: each operating condition's threshold is "
+        "set so that normal sound raises at most this many alarms a week under the alert rule "
+        "above; null = the model package's (1 unless exported otherwise).",
     )
     clear_windows: int = Field(
         5, ge=1, le=10000, description="Consecutive normal windows needed to end an event."
@@ -100,7 +126,9 @@ class AlertsConfig(Strict):
 
     @field_validator("n_of_m")
     @classmethod
-    def _n_of_m(cls, value: tuple[int, int]) -> tuple[int, int]:
+    def _n_of_m(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is None:
+            return value
         n, m = value
         if not 1 <= n <= m <= 10000:
             raise ValueError(f"must be [N, M] with 1 <= N <= M <= 10000, got [{n}, {m}]")

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 UNHEALTHY_STATES = ALARM_STATES
 HEALTH_PERIOD_S = 0.5  # how often the inference thread looks at capture health
 HEALTH_REPUBLISH_S = 30.0  # retained health is re-published at least this often
+# End reason of an anomaly event an operator acknowledged as normal (`monitor.daemon.acks`).
+END_ACKNOWLEDGED = "acknowledged"
 
 
 class ScoreSmoother:
@@ -108,6 +110,7 @@ class ChannelSettings:
     alert_on: str  # "smoothed" or "normalised": which score the alert machine sees
     state_interval_s: float  # minimum interval between state updates (events force one)
     history_s: float  # capture history held per source (clip pre-roll comes from it)
+    level_shift_db: float | None = None  # the level rule's threshold; None: no level events
 
 
 class SourceChannel:
@@ -138,14 +141,25 @@ class SourceChannel:
         self.cut_end: int | None = None  # end sample of the last window cut
         self.drained = False  # capture ended and every sample read went into the windower
         # alert half (inference thread)
-        self.threshold: float | None = None  # the current package's, for event payloads
+        self.threshold: float | None = None  # of the condition last matched, for event payloads
+        self.condition: str | None = None  # the operating condition the last window matched
         self.model_version: str | None = None
+        # condition -> (enrolled level dBFS, its spread dB): the level rule's reference
+        self.level_refs: dict[str, tuple[float, float]] = {}
         self.recorder: ClipRecorder | None = None
         self._reset_alerts(settings, realtime)
 
     def _reset_alerts(self, settings: ChannelSettings, realtime: bool) -> None:
         self.settings = settings
         self.alert = AlertMachine(self.name, settings.policy)
+        # "louder" apart from "sounds different": the anomaly score is level-normalised, so a
+        # level change of its own is this second machine's (same rules; the capture alarm
+        # stays the first one's)
+        self.level = (
+            AlertMachine(self.name, settings.policy, kind="level", capture_alarms=False)
+            if settings.level_shift_db
+            else None
+        )
         self.smoother = ScoreSmoother(*settings.smoothing)
         self.clock = AlertClock(realtime)
         self.last: WindowResult | None = None
@@ -255,9 +269,17 @@ class SourceChannel:
             self.smoother = ScoreSmoother(*settings.smoothing)
         self.settings = settings
 
-    def use_package(self, threshold: float | None, model_version: str) -> None:
-        """The threshold and model version event payloads name (the current package's)."""
+    def use_package(
+        self,
+        threshold: float | None,
+        model_version: str,
+        level_refs: dict[str, tuple[float, float]] | None = None,
+    ) -> None:
+        """The threshold and model version event payloads name (the current package's); the
+        condition is learnt again from the next scored window."""
         self.threshold, self.model_version = threshold, model_version
+        self.condition = None
+        self.level_refs = dict(level_refs or {})
 
     def use_clip_writer(self, writer: ClipWriter | None) -> None:
         """Record clips through ``writer`` (None: clips off; the current clip is finished)."""
@@ -268,10 +290,20 @@ class SourceChannel:
             self.recorder = ClipRecorder(self.name, writer.policy, writer, lambda n: np.zeros(0))
 
     def on_window(
-        self, w: Window, raw: float, threshold: float, model_version: str, skipped: str | None
+        self,
+        w: Window,
+        raw: float,
+        threshold: float,
+        model_version: str,
+        skipped: str | None,
+        condition: str | None = None,
     ) -> WindowResult:
         """One window's scores -> alert machine -> clips; the result, its events and the state
-        go to the outputs in that order."""
+        go to the outputs in that order. ``threshold`` is that of the operating ``condition``
+        the window matched (`monitor.model.conditions`)."""
+        if condition is not None:
+            self.condition = condition
+            self.threshold = threshold
         norm = raw / threshold if math.isfinite(raw) and threshold > 0 else float("nan")
         smoothed = self.smoother.update(norm)
         fed = smoothed if self.settings.alert_on == "smoothed" else norm
@@ -286,6 +318,7 @@ class SourceChannel:
             events = self.alert.set_health(t, False, w.meta.get("state", "unhealthy"))
         else:
             events = self.alert.step(t, fed, healthy)
+        events += self._level_step(t, w, skipped, healthy)
         result = WindowResult(
             source=self.name,
             start_sample=w.start_sample,
@@ -301,6 +334,7 @@ class SourceChannel:
             status=self.alert.status(),
             model_version=model_version,
             ready_monotonic=w.ready_monotonic,
+            condition=condition,
         )
         self.last = result
         if log.isEnabledFor(logging.DEBUG):
@@ -323,16 +357,51 @@ class SourceChannel:
         m.sync_counter("capture_overflows", h.input_overflows, source=name)
         m.sync_counter("capture_lost_samples", h.overflow_samples, source=name)
         m.sync_counter("capture_reopens", h.reopen_count, source=name)
+        m.sync_counter("capture_nonfinite_samples", h.nonfinite_samples, source=name)
         starved = now_mono - self.last_window_mono > hop_s + 2 * HEALTH_PERIOD_S + 1.0
         if h.state in UNHEALTHY_STATES and starved:
             self._events(self.alert.set_health(self.clock.now(self.last), False, h.state.value))
         self._publish_health(h)
 
+    def _level_step(
+        self, t: float, w: Window, skipped: str | None, healthy: bool
+    ) -> list[AlertEvent]:
+        """The level rule: |window level - the matched condition's enrolled level| over its
+        threshold (`level_shift_db`, or 4x the enrolled spread if wider) as a normalised score."""
+        if self.level is None:
+            return []
+        if skipped == "unhealthy":
+            return self.level.set_health(t, False)  # ends an open level event, no alarm
+        ref = self.level_refs.get(self.condition or "")
+        if skipped is not None or ref is None or not math.isfinite(w.level_dbfs):
+            return []
+        assert self.settings.level_shift_db is not None
+        threshold_db = max(self.settings.level_shift_db, 4.0 * ref[1])
+        return self.level.step(t, abs(w.level_dbfs - ref[0]) / threshold_db, healthy)
+
+    def level_shift_db(self) -> float | None:
+        """The last window's level against its condition's enrolled level (None: unknown)."""
+        ref = self.level_refs.get(self.condition or "")
+        if ref is None or self.last is None or not math.isfinite(self.last.level_dbfs):
+            return None
+        return self.last.level_dbfs - ref[0]
+
+    def _level_threshold(self) -> float | None:
+        ref = self.level_refs.get(self.condition or "")
+        if ref is None or self.settings.level_shift_db is None:
+            return None
+        return max(self.settings.level_shift_db, 4.0 * ref[1])
+
+    def _machines(self) -> list[AlertMachine]:
+        return [self.alert] + ([self.level] if self.level is not None else [])
+
     def mute(self, until: float | None) -> None:
-        self._events(self.alert.mute(self.clock.now(self.last), until), force_state=True)
+        t = self.clock.now(self.last)
+        self._events([e for m in self._machines() for e in m.mute(t, until)], force_state=True)
 
     def unmute(self) -> None:
-        self._events(self.alert.unmute(self.clock.now(self.last)), force_state=True)
+        t = self.clock.now(self.last)
+        self._events([e for m in self._machines() for e in m.unmute(t)], force_state=True)
 
     def test_alert(self) -> None:
         """A test event through every output; it touches neither the alarm nor the clips."""
@@ -342,9 +411,22 @@ class SourceChannel:
         ]
         self.dispatcher.events(self.name, items, self._state(force=True))
 
+    def acknowledge(self, event_id: str) -> bool:
+        """End the open anomaly event ``event_id`` (reason ``acknowledged``) and forget the
+        windows that raised it (they are normal, so they must not count towards the next N of
+        M); False when it is not the open one. AlertMachine ends events only for reasons of its
+        own, so this goes through its ``_end``, the one path of every end (cooldown included)."""
+        if self.alert.status().event_id != event_id:
+            return False
+        end = self.alert._end(self.clock.now(self.last), END_ACKNOWLEDGED)
+        self.alert._history.clear()  # as a mute does
+        self._events([end], force_state=True)
+        return True
+
     def close(self, t: float | None = None) -> None:
         """End open events (reason ``shutdown``) at ``t`` (default: now on the alert clock)."""
-        self._events(self.alert.close(self.clock.now(self.last) if t is None else t))
+        t = self.clock.now(self.last) if t is None else t
+        self._events([e for m in self._machines() for e in m.close(t)])
 
     def feed_clip(self) -> None:
         """Hand the audio read since the last call to the clip being recorded (post-roll)."""
@@ -412,7 +494,12 @@ class SourceChannel:
                 ev.reason,
             )
             payload = event_payload(
-                ev, threshold=self.threshold, model_version=self.model_version, clip=clip
+                ev,
+                threshold=self._level_threshold() if ev.kind == "level" else self.threshold,
+                model_version=self.model_version,
+                clip=clip,
+                condition=self.condition if ev.kind in ("anomaly", "level") else None,
+                level_shift_db=self.level_shift_db() if ev.kind == "level" else None,
             )
             items.append((ev, payload))
             if ev.type == "end":
@@ -444,6 +531,8 @@ class SourceChannel:
             level_dbfs=last.level_dbfs,
             capture_healthy=last.healthy,
             model_version=last.model_version,
+            condition=self.condition,
+            level_shift_db=self.level_shift_db(),
         )
 
     def _publish_health(self, h: SourceHealth) -> None:

@@ -16,7 +16,9 @@ Outputs: MQTT, Sparkplug B, Home Assistant and Prometheus are sinks (`monitor.ou
 
 Signals: SIGHUP reloads config and model package without dropping audio (capture keeps running;
 windowers resume where the old ones stopped; an invalid new config keeps the old one and logs
-why). SIGTERM/SIGINT flush the queued windows, end open events, publish `stopped` and exit 0.
+why). A package rewritten on disk (`sonitor enroll`, `ack`, `revert`, or an acknowledgement
+over MQTT: `acks.py`) is reloaded the same way. SIGTERM/SIGINT flush the queued windows, end
+open events, publish `stopped` and exit 0.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from monitor.audio.capture import RETRY_STATES, SourceHealth, SourceState
 from monitor.audio.frontend import SAMPLE_RATE
 from monitor.audio.windowing import SourceWindower, Window, WindowQueue
 from monitor.config import Config, DeviceSource, FileSource, load_config
+from monitor.daemon.acks import Acknowledgements, PackageWatch
 from monitor.daemon.channel import ChannelSettings, SourceChannel
 from monitor.daemon.outputs import Outputs
 from monitor.daemon.wiring import (
@@ -90,6 +93,11 @@ class Daemon:
             self.metrics,
             self._stop,
         )
+        # the ack command enrols on its own thread, then reloads; another process's change to
+        # the package (`sonitor ack`, `revert`, `enroll`) is noticed and reloaded too
+        self.acks = Acknowledgements(self.metrics, self.request_reload)
+        self.worker.acks = self.acks
+        self.package_watch = PackageWatch()
         self.server: MetricsServer | None = None
         self._wake = threading.Event()
         self._reload_requested = threading.Event()
@@ -120,11 +128,15 @@ class Daemon:
                 ) from None
         self.outputs.start(cfg)
         self.capture.sync(cfg)
-        settings = channel_settings(cfg)
+        settings = channel_settings(cfg, pipeline)
         for src in cfg.sources:
             channel = self._new_channel(src, pipeline, 0, settings)
             # the inference thread does not run yet: its half of the channel is still ours
-            channel.use_package(pipeline.thresholds[src.name], pipeline.package.model_version)
+            channel.use_package(
+                pipeline.thresholds[src.name],
+                pipeline.package.model_version,
+                pipeline.level_refs(src.name),
+            )
             channel.use_clip_writer(self.outputs.clip_writer)
             self.channels[src.name] = channel
         if self.server is not None:
@@ -213,6 +225,10 @@ class Daemon:
         tick = 0.02
         last_status = 0.0
         while not self._stop.is_set():
+            package = Path(self.cfg.model.package)
+            if self.package_watch.changed(package, self._pipeline().package.model_version):
+                log.info("model package %s changed on disk: reloading", package)
+                self._reload_requested.set()
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
@@ -271,7 +287,7 @@ class Daemon:
         for old in [g for g in self.pipelines if g < gen - 1]:
             del self.pipelines[old]
         self.capture.sync(cfg)
-        settings = channel_settings(cfg)
+        settings = channel_settings(cfg, pipeline)
         channels: dict[str, SourceChannel] = {}
         resumed: list[Window] = []
         for src in cfg.sources:
@@ -424,6 +440,7 @@ class Daemon:
         self.capture.stop(timeout=1.0)
         self.worker.join(FLUSH_TIMEOUT_S + 2.0)
         self.worker.close_channels()
+        self.acks.stop(timeout=5.0)  # an enrolment cut short leaves the old package intact
         self.outputs.stop()
         if self.server is not None:
             self.server.stop()

@@ -27,7 +27,8 @@ from monitor.daemon.wiring import (
     source_machines,
     sparkplug_settings,
 )
-from monitor.outputs.prometheus import Metrics, MetricsSink
+from monitor.outputs.open_alerts import end_open_alerts
+from monitor.outputs.prometheus import MQTT_ERROR_KINDS, Metrics, MetricsSink
 from monitor.outputs.sink import CommandReceiver, Dispatcher, Sink
 
 if TYPE_CHECKING:
@@ -69,6 +70,13 @@ class Outputs:
             self.mqtt = self._start_mqtt(cfg)
         self._start_integrations(cfg)
         self._relist()
+        if self.mqtt is not None:  # alerts a killed predecessor left open: end them, once
+            end_open_alerts(
+                self.mqtt.client.outbox,
+                lambda event, payload: self.dispatcher.events(
+                    event.source, [(event, payload)], None
+                ),
+            )
 
     def _relist(self) -> None:
         builtin = [s for s in (self.mqtt, self.sparkplug, self.homeassistant) if s is not None]
@@ -172,6 +180,30 @@ class Outputs:
             m.sync_counter("mqtt_outbox_dropped", stats.get("outbox_dropped_total", 0))
             m.sync_counter("mqtt_published", stats.get("events_acked_total", 0))
             m.sync_counter("mqtt_connects", stats.get("connects_total", 0))
+        for kind, count in self._mqtt_errors().items():
+            m.sync_counter("mqtt_errors", count, kind=kind)
+
+    def _mqtt_errors(self) -> dict[str, int]:
+        """Failures the MQTT client, the Sparkplug node and HA discovery logged and ignored."""
+        errors = dict.fromkeys(MQTT_ERROR_KINDS, 0)
+        if self.mqtt is not None:
+            stats = self.mqtt.client.stats()
+            errors["command"] = stats["command_errors_total"]
+            errors["callback"] = stats["callback_errors_total"]
+            errors["network_thread"] = stats["loop_restarts_total"]
+            errors["internal"] = stats["internal_errors_total"]
+        if self.sparkplug is not None:
+            from monitor.outputs.sparkplug import SparkplugNode  # loaded already: it is running
+
+            if isinstance(self.sparkplug, SparkplugNode):
+                errors["sparkplug_ncmd"] = self.sparkplug.counters["ncmd_errors_total"]
+                errors["callback"] += self.sparkplug.callback_errors
+        if self.homeassistant is not None:
+            from monitor.outputs.homeassistant import HomeAssistantDiscovery
+
+            if isinstance(self.homeassistant, HomeAssistantDiscovery):
+                errors["callback"] += self.homeassistant.callback_errors
+        return errors
 
     def mqtt_check(self) -> dict[str, Any] | None:
         """The broker part of /healthz (None without MQTT)."""

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,9 @@ from monitor.audio.windowing import Window, stack
 from monitor.config import Config, DeviceSource, FileSource
 from monitor.daemon.channel import ChannelSettings
 from monitor.errors import ConfigError
-from monitor.model.package import ModelPackage
+from monitor.model.conditions import AlarmRule, ConditionCalibration, persistence_rule
+from monitor.model.package import CalibrationDefaults, ModelPackage
+from monitor.model.package.loaded import Assessment
 from monitor.model.runtime import Embedder, FrameStream
 from monitor.outputs.prometheus import Metrics
 
@@ -81,9 +83,16 @@ def source_spec(src: DeviceSource | FileSource) -> DeviceSourceSpec | FileSource
     )
 
 
-def alert_policy(cfg: Config) -> AlertPolicy:
+def n_of_m(cfg: Config, window_s: float, hop_s: float) -> tuple[int, int]:
+    """The configured [N, M], or the persistence rule for these windows (`alerts.n_of_m` null)."""
     a = cfg.alerts
-    n, m = a.n_of_m
+    return a.n_of_m or persistence_rule(window_s, hop_s, a.burst_seconds)
+
+
+def alert_policy(cfg: Config, window_s: float = 10.0, hop_s: float = 1.0) -> AlertPolicy:
+    """The alert rules of ``cfg`` for windows of ``window_s`` every ``hop_s`` (the pipeline's)."""
+    a = cfg.alerts
+    n, m = n_of_m(cfg, window_s, hop_s)
     return AlertPolicy(
         on_threshold=a.on_threshold,
         critical_threshold=a.critical_threshold,
@@ -115,12 +124,13 @@ def clip_policy(cfg: Config) -> ClipPolicy:
     )
 
 
-def channel_settings(cfg: Config) -> ChannelSettings:
+def channel_settings(cfg: Config, pipeline: Pipeline) -> ChannelSettings:
     sc = cfg.scoring
     return ChannelSettings(
-        policy=alert_policy(cfg),
+        policy=alert_policy(cfg, pipeline.window_seconds, pipeline.hop_seconds),
         smoothing=(sc.smoothing, sc.ema_alpha, sc.median_windows),
         alert_on=sc.alert_on,
+        level_shift_db=cfg.alerts.level_shift_db,
         state_interval_s=cfg.health.state_interval_seconds,
         history_s=cfg.capture.history_seconds,
     )
@@ -185,8 +195,9 @@ def is_realtime(src: DeviceSource | FileSource) -> bool:
 
 def init_metrics(metrics: Metrics, cfg: Config, pipeline: Pipeline) -> None:
     """Series of every configured source at 0, the package's model info and thresholds."""
-    metrics.init_sources((s.name, s.machine, s.type) for s in cfg.sources)
     pkg = pipeline.package
+    conditions = {m: pkg.machine(m).conditions for m in pkg.machines}
+    metrics.init_sources(((s.name, s.machine, s.type) for s in cfg.sources), conditions)
     metrics.set_model_info(pkg.model_version, pkg.recipe, Path(pkg.path).name)
     for src in cfg.sources:
         metrics["score_threshold"].labels(source=src.name).set(pipeline.thresholds[src.name])
@@ -203,14 +214,24 @@ class Pipeline:
     embedder: Embedder
     window_samples: int
     hop_samples: int
-    thresholds: dict[str, float]  # per source: raw-score threshold in use
+    thresholds: dict[str, float]  # per source: the lowest raw threshold (summaries, metrics)
     machines: dict[str, str]  # per source: machine name
+    # per source: the machine's calibration for the config's alert rule and budget, or a fixed
+    # raw threshold (`sources[].threshold`)
+    calibrations: dict[str, ConditionCalibration | float] = field(default_factory=dict)
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / SAMPLE_RATE
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop_samples / SAMPLE_RATE
 
     @classmethod
     def build(cls, cfg: Config) -> Pipeline:
         pkg = ModelPackage.load(cfg.model.package)
         machines: dict[str, str] = {}
-        thresholds: dict[str, float] = {}
         for i, src in enumerate(cfg.sources):
             if src.machine not in pkg.machines:
                 raise ConfigError(
@@ -219,9 +240,6 @@ class Pipeline:
                     "add it with `sonitor enroll`"
                 )
             machines[src.name] = src.machine
-            thresholds[src.name] = (
-                src.threshold if src.threshold is not None else pkg.machine(src.machine).threshold
-            )
         win_s = cfg.windows.window_seconds or pkg.window_seconds
         hop_s = cfg.windows.hop_seconds or pkg.hop_seconds
         if hop_s > win_s:
@@ -239,7 +257,44 @@ class Pipeline:
                         f"front-end hop ({embedder.hop_length} samples = "
                         f"{embedder.hop_length / SAMPLE_RATE * 1000:g} ms)"
                     )
-        return cls(pkg, embedder, window, hop, thresholds, machines)
+        n, m = n_of_m(cfg, window / SAMPLE_RATE, hop / SAMPLE_RATE)
+        defaults = pkg.manifest.calibration or CalibrationDefaults()
+        rule = AlarmRule(
+            cfg.alerts.false_alarms_per_week or defaults.false_alarms_per_week,
+            window / SAMPLE_RATE,
+            hop / SAMPLE_RATE,
+            n,
+            m,
+        )
+        calibrations: dict[str, ConditionCalibration | float] = {}
+        thresholds: dict[str, float] = {}
+        for src in cfg.sources:
+            if src.threshold is not None:
+                calibrations[src.name] = thresholds[src.name] = float(src.threshold)
+            else:
+                cal = pkg.machine(src.machine).calibration.with_rule(rule)
+                calibrations[src.name], thresholds[src.name] = cal, cal.threshold
+        return cls(pkg, embedder, window, hop, thresholds, machines, calibrations)
+
+    def level_refs(self, source: str) -> dict[str, tuple[float, float]]:
+        """Condition -> (enrolled level dBFS, spread dB) of the source's machine (the level
+        rule's reference; empty for a package without stored levels)."""
+        machine = self.machines.get(source)
+        if machine not in self.package.machines:
+            return {}
+        return self.package.machine(machine).bank.level_references()
+
+    def assess(self, source: str, embeddings: np.ndarray) -> Assessment:
+        """Scores of one source's windows, matched to conditions and normalised (the
+        source's fixed threshold, if configured, for every condition)."""
+        mm = self.package.machine(self.machines[source])
+        cal = self.calibrations.get(source)
+        if isinstance(cal, float):
+            raw = mm.score(embeddings)
+            conds = mm.matcher.match_names(embeddings)
+            thr = np.full(len(raw), cal)
+            return Assessment(raw, conds, thr, raw / thr)
+        return mm.assess(embeddings, cal)
 
     def frames_factory(self) -> Callable[[], FrameStream] | None:
         if not self.embedder.streaming:

@@ -17,10 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from monitor.alerting.machine import AlertStatus
 from monitor.audio.frontend import SAMPLE_RATE
 from monitor.audio.windowing import Window, WindowQueue, batches
 from monitor.config import Config
+from monitor.daemon.acks import Acknowledgements
 from monitor.daemon.channel import HEALTH_PERIOD_S, SourceChannel
 from monitor.daemon.outputs import Outputs
 from monitor.daemon.wiring import Pipeline, channel_settings, init_metrics, is_realtime
@@ -62,6 +65,8 @@ class InferenceWorker:
         self._thread: threading.Thread | None = None
         self.windows_scored = 0
         self.last_scored_mono: float | None = None
+        self.acks: Acknowledgements | None = None  # the ack command's windows (daemon sets it)
+        self._embeddings: dict[int, np.ndarray] = {}  # by window id, of the batch being handled
 
     # ------------------------------------------------------------------ main-thread side
     def start(self, channels: dict[str, SourceChannel]) -> None:
@@ -84,7 +89,7 @@ class InferenceWorker:
         self._pending.put(("reload", (old_cfg, cfg, generation, channels)))
 
     def post_command(self, command: Command) -> None:
-        """A command for the sources (mute, unmute, test_alert); callable from any thread."""
+        """A command for the sources (mute, unmute, test_alert, ack); callable from any thread."""
         self._pending.put(("command", command))
 
     def alert_status(self, source: str) -> AlertStatus | None:
@@ -146,12 +151,16 @@ class InferenceWorker:
             for channel in self.channels.values():
                 channel.use_clip_writer(None)  # their clips go to the old writer
             self.outputs.restart_clips(cfg)
-        settings = channel_settings(cfg)
+        settings = channel_settings(cfg, pipeline)
         realtime = {src.name: is_realtime(src) for src in cfg.sources}
         for name, channel in channels.items():
             if name in self.channels:
                 channel.adopt(settings, realtime[name], t)
-            channel.use_package(pipeline.thresholds.get(name), pipeline.package.model_version)
+            channel.use_package(
+                pipeline.thresholds.get(name),
+                pipeline.package.model_version,
+                pipeline.level_refs(name),
+            )
             channel.use_clip_writer(self.outputs.clip_writer)
         for name, channel in self.channels.items():  # sources removed from the config
             if name not in channels:
@@ -168,6 +177,10 @@ class InferenceWorker:
     def _command(self, cmd: Command) -> None:
         from monitor.outputs.mqtt.commands import mute_until  # commands only come with MQTT
 
+        if cmd.verb == "ack":
+            if self.acks is not None:
+                self.acks.command(cmd, self.channels, self.current())
+            return
         names = [cmd.source] if cmd.source else list(self.channels)
         unknown = [n for n in names if n not in self.channels]
         if unknown:
@@ -200,41 +213,54 @@ class InferenceWorker:
                 self.metrics.observe_stage("capture_to_window", now - w.ready_monotonic)
             skip = {id(w): self.skip_reason(w) for w in batch}
             valid = [w for w in batch if skip[id(w)] is None and w.source in self.channels]
-            raw = self._score(pipeline, valid) if valid else {}
+            scored = self._score(pipeline, valid) if valid else {}
             version = pipeline.package.model_version
             for w in batch:
                 channel = self.channels.get(w.source)
                 if channel is None:
                     continue
-                threshold = pipeline.thresholds.get(w.source, float("nan"))
-                raw_score = raw.get(id(w), float("nan"))
-                result = channel.on_window(w, raw_score, threshold, version, skip[id(w)])
+                nan = float("nan")
+                raw_score, threshold, condition = scored.get(
+                    id(w), (nan, pipeline.thresholds.get(w.source, nan), None)
+                )
+                result = channel.on_window(
+                    w, raw_score, threshold, version, skip[id(w)], condition=condition
+                )
                 if result.skipped is None:
                     self.windows_scored += 1
                     self.last_scored_mono = time.monotonic()
+                    if self.acks is not None and id(w) in self._embeddings:
+                        self.acks.on_window(result, self._embeddings[id(w)], pipeline)
+            self._embeddings = {}
 
-    def _score(self, pipeline: Pipeline, valid: list[Window]) -> dict[int, float]:
-        """Raw anomaly scores by window id: one encoder call, then each machine's scorer."""
+    def _score(
+        self, pipeline: Pipeline, valid: list[Window]
+    ) -> dict[int, tuple[float, float, str]]:
+        """(raw score, threshold of the matched condition, condition) by window id: one
+        encoder call, then each source's scorer and calibration."""
         emb = pipeline.embed(valid, self.metrics)
+        if self.acks is not None:
+            self._embeddings = {id(w): emb[i] for i, w in enumerate(valid)}
         t0 = time.perf_counter()
-        by_machine: dict[str, list[int]] = {}
+        by_source: dict[str, list[int]] = {}
         for i, w in enumerate(valid):
-            by_machine.setdefault(pipeline.machines.get(w.source, ""), []).append(i)
-        raw: dict[int, float] = {}
-        for machine, idx in by_machine.items():
-            if machine not in pipeline.package.machines:
+            by_source.setdefault(w.source, []).append(i)
+        out: dict[int, tuple[float, float, str]] = {}
+        for source, idx in by_source.items():
+            if pipeline.machines.get(source) not in pipeline.package.machines:
                 continue
-            scores = pipeline.package.machine(machine).score(emb[idx])
-            for i, s in zip(idx, scores, strict=True):
-                raw[id(valid[i])] = float(s)
+            a = pipeline.assess(source, emb[idx])
+            for j, i in enumerate(idx):
+                out[id(valid[i])] = (float(a.raw[j]), float(a.thresholds[j]), a.conditions[j])
         self.metrics.observe_stage("scoring", (time.perf_counter() - t0) / len(valid))
-        return raw
+        return out
 
     def skip_reason(self, w: Window) -> str | None:
         """Why a window is not embedded: its audio cannot say anything about the machine.
 
-        Unhealthy capture feeds the alert machine's capture alarm; digital silence and heavy
-        clipping are skipped until capture liveness decides (after silence_seconds /
+        Unhealthy capture feeds the alert machine's capture alarm; digital silence (overall or
+        in the model's band: a DC offset or drift of a broken input) and heavy clipping are
+        skipped until capture liveness decides (after silence_seconds /
         clipping_seconds) that the microphone is at fault, so a dead or overloaded input never
         raises an *anomaly* alert; non-finite samples count as invalid scores.
         """
@@ -242,8 +268,8 @@ class InferenceWorker:
             return "unhealthy"
         if not w.finite:
             return "nonfinite_audio"
-        if w.level_dbfs <= self.cfg.capture.silence_dbfs:
-            return "silent"
+        if min(w.level_dbfs, w.band_level_dbfs) <= self.cfg.capture.silence_dbfs:
+            return "silent"  # also in the model's band only: a DC offset, a 1 Hz drift
         if w.clipped_fraction > self.cfg.capture.clip_fraction:
             return "clipped"
         return None

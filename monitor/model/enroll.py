@@ -8,12 +8,13 @@ subsample it to a bounded size, recalibrate the threshold, and write the package
 front-end (`monitor.model.runtime.FrameStream`), the same windows, the same scorer.
 
 Bank-size control. Long enrolments make large k-NN banks (scoring cost and memory grow linearly).
-Past ``max_bank`` the bank is reduced with a greedy k-center coreset (PatchCore), per domain so
-the few target-domain embeddings are not swamped. Mahalanobis scorers keep every embedding: their
-cost does not grow with the bank, and a coreset would inflate the covariance. The threshold is
-then calibrated on the scores of ALL enrolled embeddings against the reduced bank (leave-one-out
-for kept ones), not on the reduced bank's own leave-one-out scores, which a coreset inflates by
-design (it keeps the points that are far from the others). What the reduction changes is measured
+Past ``max_bank`` the bank is reduced with a greedy k-center coreset (PatchCore), per operating
+condition so the few embeddings of a small condition are not swamped. Mahalanobis scorers keep
+every embedding: their cost does not grow with the bank, and a coreset would inflate the
+covariance. The thresholds are then calibrated on the scores of ALL enrolled embeddings
+against the reduced bank (leave-one-out for kept ones), not on the reduced bank's own
+leave-one-out scores, which a coreset inflates by design (it keeps the points that are far from
+the others). What the reduction changes is measured
 on every enrolment: the Spearman rank correlation between the full bank's and the reduced bank's
 calibration scores, both thresholds and the decision agreement, stored in the manifest history.
 """
@@ -24,7 +25,7 @@ import dataclasses
 import inspect
 import logging
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,16 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import AudioError, PackageError, SonitorError
+from monitor.model.conditions import (
+    DEFAULT_CONDITION,
+    AlarmRule,
+    ConditionCalibration,
+    calibrate_conditions,
+    default_rule,
+    scorer_domains,
+    validate_condition_name,
+)
+from monitor.model.history import plan_snapshot
 from monitor.model.package import (
     Bank,
     CalibrationDefaults,
@@ -47,12 +58,12 @@ from monitor.model.package import (
 )
 from monitor.model.runtime import Embedder, embed_recording
 from monitor.model.scoring import Scorer, coreset_subsample, fixed_params, scorer_by_name
+from monitor.progress import progress
 
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 DEFAULT_MAX_BANK = 4096
-DOMAINS = ("source", "target")
 
 
 # --------------------------------------------------------------------------- audio and embedding
@@ -144,10 +155,11 @@ def _metric(params: dict[str, Any]) -> str:
 def subsample_bank(
     x: np.ndarray, domains: np.ndarray, n: int, metric: str = "euclidean", seed: int = 0
 ) -> np.ndarray:
-    """Indices of a per-domain greedy coreset of at most ``n`` rows (sorted).
+    """Indices of a per-condition greedy coreset of at most ``n`` rows (sorted).
 
-    Each domain gets a share of ``n`` proportional to its size but at least
-    ``min(size, n // 4)``, so a small target set survives a large source enrolment whole.
+    ``domains``: the condition (or domain) of each row. Each one gets a share of ``n``
+    proportional to its size but at least ``min(size, n // 4)``, so a small condition survives
+    a large enrolment of another whole.
     """
     if len(x) <= n:
         return np.arange(len(x))
@@ -226,42 +238,50 @@ def enroll_embeddings(
     package: str | Path | ModelPackage,
     machine: str,
     embeddings: np.ndarray,
-    domain: str = "source",
+    condition: str = DEFAULT_CONDITION,
+    check: Callable[[ModelPackage], None] | None = None,
     **kwargs: Any,
 ) -> EnrollResult:
     """Add ``embeddings`` of normal sound to ``machine`` and write the package atomically.
 
     Holds the package lock from reading to writing, so concurrent enrolments never lose one
-    another's changes. Keyword arguments: see `_enroll_locked`.
+    another's changes. ``check`` sees the package under the lock and may refuse by raising
+    (an acknowledgement refuses an event already enrolled). Keyword arguments: see
+    `_enroll_locked`.
     """
     dest = (package.archive or package.path) if isinstance(package, ModelPackage) else package
     with package_lock(dest):
         if isinstance(package, ModelPackage) and package.model_version != manifest_version(dest):
             package = ModelPackage.load(dest)  # changed since it was loaded: start from the new
-        return _enroll_locked(package, machine, embeddings, domain, **kwargs)
+        if check is not None:
+            package = package if isinstance(package, ModelPackage) else ModelPackage.load(dest)
+            check(package)
+        return _enroll_locked(package, machine, embeddings, condition, **kwargs)
 
 
 def _enroll_locked(
     package: str | Path | ModelPackage,
     machine: str,
     embeddings: np.ndarray,
-    domain: str = "source",
+    condition: str = DEFAULT_CONDITION,
     *,
     max_bank: int | None = None,
     scorer: str | None = None,
     scorer_params: dict[str, Any] | None = None,
-    method: str | None = None,
-    q: float | None = None,
+    budget: float | None = None,
+    levels: np.ndarray | None = None,
     origin: str = "",
+    action: str = "enroll",
+    details: dict[str, Any] | None = None,
     measure_subsample: bool = True,
     seed: int = 0,
     _before_swap: Any = None,
 ) -> EnrollResult:
-    from monitor.model.thresholds import calibrate
-
     validate_machine_name(machine)
-    if domain not in DOMAINS:
-        raise SonitorError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    try:
+        validate_condition_name(condition)
+    except ValueError as exc:
+        raise SonitorError(str(exc)) from None
     if isinstance(package, ModelPackage):
         pkg = package
         path = pkg.archive or pkg.path
@@ -278,36 +298,39 @@ def _enroll_locked(
     if created:
         default = m.scorer or ScorerSpec("rescaled_knn")
         name, params = default.name, dict(default.params)
-        x_old, d_old = np.zeros((0, new.shape[1]), np.float32), np.zeros(0, "<U6")
+        x_old, c_old = np.zeros((0, new.shape[1]), np.float32), np.zeros(0, str)
         thr_before = None
     else:
         mm = pkg.machine(machine)
         name, params = mm.bank.scorer_name, dict(mm.bank.scorer_params)
-        x_old, d_old = mm.bank.embeddings, mm.bank.domains
+        x_old, c_old = mm.bank.embeddings, np.asarray(mm.bank.conditions)
         thr_before = mm.threshold
     if scorer:
         name = scorer
     if scorer_params:
         params.update(scorer_params)
-    cal_defaults = m.calibration or CalibrationDefaults()
-    method = method or cal_defaults.method
-    q = float(q if q is not None else cal_defaults.q)
+    rule = package_rule(pkg, budget)
     max_bank = int(max_bank or m.max_bank_size or DEFAULT_MAX_BANK)
 
     x_all = np.concatenate([x_old, new])
-    d_all = np.concatenate([d_old.astype("<U6"), np.full(len(new), domain, "<U6")])
-    doms = [d if d else None for d in d_all.tolist()]
+    c_all = np.asarray([*c_old.tolist(), *([condition] * len(new))], dtype=str)
+    lv_old = np.full(len(x_old), np.nan) if created else np.asarray(mm.bank.levels, np.float64)
+    lv_new = np.full(len(new), np.nan) if levels is None else np.asarray(levels, np.float64)
+    if lv_new.shape != (len(new),):
+        raise SonitorError(f"{len(lv_new)} levels for {len(new)} enrolment embeddings")
+    lv_all = np.concatenate([lv_old, lv_new])
+    doms: list[str | None] = list(scorer_domains(c_all.tolist()))
     if name.startswith("mahalanobis"):
         # a coreset (which keeps the outskirts) would inflate the covariance: keep every
         # embedding (the Gaussian scorers' cost does not grow with N; mahalanobis_knn's grows
         # linearly, one distance per bank row per window)
         kept = np.arange(len(x_all))
     else:
-        kept = subsample_bank(x_all, d_all, max_bank, metric=_metric(params), seed=seed)
+        kept = subsample_bank(x_all, c_all, max_bank, metric=_metric(params), seed=seed)
     hint = f"; enrol more normal audio (one embedding per {pkg.window_seconds:g} s window)"
     fitted = _fit(name, params, x_all[kept], [doms[i] for i in kept], machine, hint)
     scores = calibration_scores(fitted, x_all, kept)
-    cal = _calibrate(calibrate, scores, method, q, machine)
+    cal, matched = _calibrate(scores, x_all, c_all, rule, machine, kept)
 
     sub = None
     if len(kept) < len(x_all):
@@ -315,22 +338,36 @@ def _enroll_locked(
         if measure_subsample:
             full = _fit(name, params, x_all, doms, machine)
             full_scores = np.asarray(full.loo_scores(), dtype=np.float64)
+            full_cal, full_matched = _calibrate(full_scores, x_all, c_all, rule, machine)
             sub["spearman_vs_full"] = spearman(full_scores, scores)
-            sub["threshold_full"] = float(
-                _calibrate(calibrate, full_scores, method, q, machine).threshold
-            )
+            sub["threshold_full"] = float(full_cal.threshold)
             sub["decision_agreement"] = float(
-                np.mean((full_scores > sub["threshold_full"]) == (scores > cal.threshold))
+                np.mean(
+                    (full_cal.normalise(full_scores, full_matched.tolist()) > 1.0)
+                    == (cal.normalise(scores, matched.tolist()) > 1.0)
+                )
             )
 
-    bank = Bank(x_all[kept], d_all[kept], name, params, fitted.to_arrays(), scores[kept])
+    bank = Bank(
+        x_all[kept],
+        np.asarray(doms, dtype="<U6")[kept],
+        name,
+        params,
+        fitted.to_arrays(),
+        scores[kept],
+        conditions=c_all[kept],
+        matched=matched[kept],
+        levels=lv_all[kept],
+    )
     event = {
         "time": utc_now(),
-        "action": "enroll",
-        "domain": domain,
+        "action": action,
+        "condition": condition,
         "n_added": int(len(new)),
         "origin": origin,
         "threshold": float(cal.threshold),
+        "thresholds": cal.thresholds(),
+        **(details or {}),
     }
     if sub:
         event["subsample"] = sub
@@ -360,11 +397,26 @@ def _fit(
         ) from None
 
 
-def _calibrate(calibrate: Any, scores: np.ndarray, method: str, q: float, machine: str) -> Any:
+def _calibrate(
+    scores: np.ndarray,
+    x: np.ndarray,
+    conditions: np.ndarray,
+    rule: AlarmRule,
+    machine: str,
+    kept: np.ndarray | None = None,
+) -> tuple[ConditionCalibration, np.ndarray]:
     try:
-        return calibrate(scores, method=method, q=q)
+        return calibrate_conditions(scores, x, conditions.tolist(), rule, bank_rows=kept)
     except ValueError as exc:
         raise SonitorError(f"machine {machine!r}: cannot calibrate the threshold: {exc}") from None
+
+
+def package_rule(pkg: ModelPackage, false_alarms_per_week: float | None = None) -> AlarmRule:
+    """The alarm rule a package calibrates for: its windows, its budget (or the one given) and
+    the default persistence rule (`monitor.model.conditions.default_rule`)."""
+    d = pkg.manifest.calibration or CalibrationDefaults()
+    budget = false_alarms_per_week or d.false_alarms_per_week
+    return default_rule(pkg.window_seconds, pkg.hop_seconds, budget, d.burst_seconds)
 
 
 def write_machine(
@@ -377,11 +429,17 @@ def write_machine(
     *,
     _before_swap: Any = None,
 ) -> str:
-    """Write ``pkg`` with ``machine``'s bank and calibration replaced; returns the new version."""
+    """Write ``pkg`` with ``machine``'s bank and calibration replaced; returns the new version.
+
+    The previous bank and calibration are kept as the change's snapshot (`monitor.model.history`).
+    """
     old = pkg.manifest.machines.get(machine)
+    snap = plan_snapshot(pkg.manifest, machine)
+    if snap is not None:
+        event = {**event, "snapshot": snap.folder}
     history = [*(old.history if old is not None else ()), event]
     entry = MachineEntry.describe(machine, bank, cal.threshold, history)
-    replaced = {entry.bank, entry.calibration}
+    replaced = {entry.bank, entry.calibration} | (snap.dropped if snap is not None else set())
     if old is not None:
         replaced |= {old.bank, old.calibration}
     manifest = dataclasses.replace(
@@ -392,6 +450,8 @@ def write_machine(
         for rel in pkg.manifest.files:
             if rel not in replaced:
                 w.add_file(rel, pkg.path / rel)
+        for rel, src in (snap.copies if snap is not None else {}).items():
+            w.add_file(rel, pkg.path / src)
         bank.save(w.path(entry.bank))
         w.write_json(entry.calibration, cal.to_dict())
 
@@ -416,7 +476,7 @@ def enroll(
     audio: Sequence[str | Path] | None = None,
     *,
     waveforms: Sequence[tuple[str, np.ndarray]] | None = None,
-    domain: str = "source",
+    condition: str = DEFAULT_CONDITION,
     threads: int = 1,
     stride_seconds: float | None = None,
     **kwargs: Any,
@@ -428,21 +488,41 @@ def enroll(
     files = collect_audio_files(audio) if audio else []
     if not files and not items:
         raise AudioError("enroll: no audio given")
-    embs = []
-    for f in files:
-        _, e = embed_waveform(
-            embedder, pkg, load(f, pkg.sample_rate), name=str(f), stride_seconds=stride_seconds
-        )
+    embs, levels = [], []
+
+    def add(name: str, wave: np.ndarray) -> None:
+        starts, e = embed_waveform(embedder, pkg, wave, name=name, stride_seconds=stride_seconds)
         embs.append(e)
+        levels.append(window_levels(wave, starts, pkg.window_seconds, pkg.sample_rate))
+
+    for f in progress(files, "enrol: embedding file"):  # on a terminal only
+        add(str(f), load(f, pkg.sample_rate))
     for name, wave in items:
-        _, e = embed_waveform(
-            embedder, pkg, np.asarray(wave, np.float32), name=name, stride_seconds=stride_seconds
-        )
-        embs.append(e)
+        add(name, np.asarray(wave, np.float32))
     origin = f"{len(files)} file(s)" if files else ""
     if items:
         origin += (", " if origin else "") + ", ".join(n for n, _ in items)
-    return enroll_embeddings(pkg, machine, np.concatenate(embs), domain, origin=origin, **kwargs)
+    return enroll_embeddings(
+        pkg,
+        machine,
+        np.concatenate(embs),
+        condition,
+        levels=np.concatenate(levels),
+        origin=origin,
+        **kwargs,
+    )
+
+
+def window_levels(
+    audio: np.ndarray, starts_s: np.ndarray, window_s: float, sample_rate: int
+) -> np.ndarray:
+    """RMS level (dBFS) of each window, as the daemon's windows report it."""
+    from monitor.audio.windowing import level_dbfs
+
+    n = int(round(window_s * sample_rate))
+    return np.array(
+        [level_dbfs(audio[int(round(s * sample_rate)) :][:n]) for s in np.asarray(starts_s)]
+    )
 
 
 # --------------------------------------------------------------------------- offline scoring
@@ -451,17 +531,22 @@ def enroll(
 @dataclass
 class FileScore:
     path: Path
-    score: float
-    decision: int  # 1 = anomalous (score > threshold)
-    threshold: float
+    score: float  # raw, aggregated over the windows
+    decision: int  # 1 = anomalous (normalised > 1)
+    threshold: float  # raw threshold of the matched condition
     window_starts: np.ndarray  # seconds
-    window_scores: np.ndarray
+    window_scores: np.ndarray  # raw
+    condition: str = DEFAULT_CONDITION  # the condition most of its windows matched
+    normalised: float = float("nan")  # aggregated score / threshold of the matched condition
+    window_normalised: np.ndarray | None = None
+    window_conditions: list[str] = field(default_factory=list)
 
 
 def score_waveform(
     embedder: Embedder, pkg: ModelPackage, machine: str, audio: np.ndarray, name: str = "audio"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-window (starts in seconds, scores) of one recording, as the daemon computes them."""
+) -> tuple[np.ndarray, Any]:
+    """Per-window (starts in seconds, `Assessment`) of one recording, as the daemon computes
+    them: raw scores, matched conditions, normalised scores."""
     mm = pkg.machine(machine)
     min_samples = pkg.window_samples // 2
     try:
@@ -473,7 +558,7 @@ def score_waveform(
             f"{name}: {audio.size / pkg.sample_rate:.2f} s cannot be scored with "
             f"{pkg.window_seconds:g} s windows (at least half a window is needed): {exc}"
         ) from None
-    return starts / pkg.sample_rate, mm.score(emb)
+    return starts / pkg.sample_rate, mm.assess(emb)
 
 
 def score_files(
@@ -485,15 +570,33 @@ def score_files(
     aggregate: str = "mean",
     precision: str | None = None,
 ) -> list[FileScore]:
-    """Score recordings offline; a file's score aggregates its windows' (mean or max)."""
+    """Score recordings offline; a file's score aggregates its windows' (mean or max), and is
+    normalised by the threshold of the condition most of its windows matched."""
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
     mm = pkg.machine(machine)
     if aggregate not in ("mean", "max"):
         raise SonitorError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
     embedder = Embedder(pkg, threads=threads, precision=precision)
+    reduce = np.mean if aggregate == "mean" else np.max
     out = []
     for f in collect_audio_files(files):
-        starts, scores = score_waveform(embedder, pkg, machine, load(f, pkg.sample_rate), str(f))
-        s = float(np.mean(scores) if aggregate == "mean" else np.max(scores))
-        out.append(FileScore(f, s, int(s > mm.threshold), mm.threshold, starts, scores))
+        starts, a = score_waveform(embedder, pkg, machine, load(f, pkg.sample_rate), str(f))
+        names, counts = np.unique(np.asarray(a.conditions), return_counts=True)
+        cond = str(names[np.argmax(counts)])
+        s = float(reduce(a.raw))
+        thr = mm.calibration.threshold_of(cond)
+        out.append(
+            FileScore(
+                f,
+                s,
+                int(s / thr > 1.0),
+                thr,
+                starts,
+                a.raw,
+                cond,
+                s / thr,
+                a.normalised,
+                list(a.conditions),
+            )  # fmt: skip
+        )
     return out

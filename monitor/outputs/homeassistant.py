@@ -22,6 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from monitor.outputs.mqtt.guard import CallbackGuard
 from monitor.outputs.mqtt.settings import MqttSettings, Topics, paho_client
 from monitor.outputs.payloads import AVAILABILITY_OFFLINE, AVAILABILITY_ONLINE
 from monitor.outputs.sink import Sink
@@ -181,8 +182,9 @@ class HomeAssistantDiscovery(Sink):
         self.published_total = 0
         self._client = paho_client(settings, f"{settings.client_id}-ha")
         self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
+        self._guard = CallbackGuard(log, "Home Assistant discovery")  # never end paho's thread
+        self._client.on_connect = self._guard.wrap("on_connect", self._on_connect)
+        self._client.on_message = self._guard.wrap("on_message", self._on_message)
         self._started = False
 
     def _build(self, sources: Mapping[str, str]) -> dict[str, bytes]:
@@ -222,6 +224,11 @@ class HomeAssistantDiscovery(Sink):
 
     def on_sources(self, machines: Mapping[str, str]) -> None:
         self.set_sources(machines)
+
+    @property
+    def callback_errors(self) -> int:
+        """Exceptions caught in this client's paho callbacks (logged, ignored)."""
+        return self._guard.errors
 
     def publish_all(self) -> None:
         with self._lock:

@@ -48,11 +48,14 @@ def event_payload(
     threshold: float | None = None,
     model_version: str | None = None,
     clip: str | None = None,
+    condition: str | None = None,
+    level_shift_db: float | None = None,
 ) -> dict[str, Any]:
     """Payload of ``<prefix>/<source>/events``: one lifecycle message of an alert.
 
-    ``threshold`` is the raw-score threshold (raw score = normalised score x threshold), ``clip``
-    the clip's file name (it appears after the event's post-roll; it may be pruned later).
+    ``threshold`` is the raw-score threshold (raw score = normalised score x threshold) of the
+    operating ``condition`` the machine sounded closest to, ``clip`` the clip's file name (it
+    appears after the event's post-roll; it may be pruned later).
     """
     end = number(event.end_time)
     return {
@@ -75,6 +78,8 @@ def event_payload(
         "windows": int(event.windows),
         "reason": event.reason,
         "model_version": model_version,
+        "condition": condition,
+        "level_shift_db": number(level_shift_db),
         "clip": clip,
         "replayed": False,
     }
@@ -91,6 +96,8 @@ def state_payload(
     level_dbfs: float | None = None,
     capture_healthy: bool | None = None,
     model_version: str | None = None,
+    condition: str | None = None,
+    level_shift_db: float | None = None,
 ) -> dict[str, Any]:
     """Payload of ``<prefix>/<source>/state`` (retained): the latest window and the alarm state."""
     return {
@@ -108,6 +115,8 @@ def state_payload(
         "level_dbfs": number(level_dbfs),
         "capture_healthy": bool(status.healthy if capture_healthy is None else capture_healthy),
         "model_version": model_version,
+        "condition": condition,
+        "level_shift_db": number(level_shift_db),
     }
 
 

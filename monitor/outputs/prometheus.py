@@ -15,9 +15,10 @@ import json
 import logging
 import math
 import platform
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -47,6 +48,11 @@ EVENT_TYPES = ("start", "update", "end")
 DROP_REASONS = ("backlog",)
 INVALID_REASONS = ("nonfinite_audio", "nonfinite_score", "silent", "clipped")
 RELOAD_RESULTS = ("success", "failure")
+ACK_RESULTS = (
+    "enrolled", "invalid", "unknown_event", "already_acked", "capture_unhealthy",
+    "model_changed", "failed",
+)  # fmt: skip
+MQTT_ERROR_KINDS = ("command", "sparkplug_ncmd", "callback", "network_thread", "internal")
 # Buckets around the real-time budget (a hop of ~1 s): sub-millisecond to 10 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -85,6 +91,12 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         ("source",),
         "Samples overwritten in the capture ring before they were read (daemon too slow).",
+    ),
+    MetricSpec(
+        "capture_nonfinite_samples",
+        "counter",
+        ("source",),
+        "NaN/inf samples received (never scored; the source turns `nonfinite`).",
     ),
     MetricSpec("capture_reopens", "counter", ("source",), "Device reopen attempts per source."),
     MetricSpec(
@@ -126,7 +138,25 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("score_raw", "gauge", ("source",), "Anomaly score of the last window."),
     MetricSpec("score_normalised", "gauge", ("source",), "Last score divided by the threshold."),
     MetricSpec("score_smoothed", "gauge", ("source",), "Smoothed normalised score."),
-    MetricSpec("score_threshold", "gauge", ("source",), "Raw-score threshold in use."),
+    MetricSpec(
+        "score_threshold",
+        "gauge",
+        ("source",),
+        "Raw-score threshold in use (that of the matched operating condition).",
+    ),
+    MetricSpec(
+        "condition",
+        "gauge",
+        ("source", "condition"),
+        "1 for the operating condition the last window matched, 0 for those matched before "
+        "(one series per condition of the machine: a handful).",
+    ),
+    MetricSpec(
+        "condition_changes",
+        "counter",
+        ("source",),
+        "Times the matched operating condition changed from one window to the next.",
+    ),
     MetricSpec(
         "alert_active",
         "gauge",
@@ -146,7 +176,23 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mqtt_outbox_dropped", "counter", (), "Events dropped from the full outbox."),
     MetricSpec("mqtt_published", "counter", (), "Events acknowledged by the broker."),
     MetricSpec("mqtt_connects", "counter", (), "Successful (re)connections to the broker."),
+    MetricSpec(
+        "mqtt_errors",
+        "counter",
+        ("kind",),
+        "MQTT failures logged and ignored: `command` (malformed or failed), `sparkplug_ncmd` "
+        "(unreadable NCMD), `callback` (exception in a client callback), `network_thread` "
+        "(ended unexpectedly; reconnected), `internal`.",
+    ),
     MetricSpec("config_reloads", "counter", ("result",), "Config reloads (SIGHUP or command)."),
+    MetricSpec(
+        "acks",
+        "counter",
+        ("result",),
+        "`ack` commands (false alarms acknowledged over MQTT): `enrolled`, or why refused: "
+        "`invalid`, `unknown_event`, `already_acked`, `capture_unhealthy`, `model_changed`, "
+        "`failed`.",
+    ),
 )
 
 
@@ -194,6 +240,10 @@ class Metrics:
             self._m["stage_duration_seconds"].labels(stage=stage)
         for result in RELOAD_RESULTS:
             self._m["config_reloads"].labels(result=result)
+        for result in ACK_RESULTS:
+            self._m["acks"].labels(result=result)
+        for kind in MQTT_ERROR_KINDS:
+            self._m["mqtt_errors"].labels(kind=kind)
 
     def __getitem__(self, name: str) -> Any:
         return self._m[name]
@@ -210,10 +260,17 @@ class Metrics:
         ).set(1)
 
     # ------------------------------------------------------------------- configuration-driven
-    def init_sources(self, sources: Iterable[tuple[str, str, str]]) -> None:
-        """Create every per-source series at 0: (name, machine, type) per source. Sources no
-        longer configured (after a reload) are removed so stale series do not linger."""
+    def init_sources(
+        self,
+        sources: Iterable[tuple[str, str, str]],
+        conditions: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        """Create every per-source series at 0: (name, machine, type) per source, and one
+        `condition` series per operating condition of its machine (``conditions``: machine ->
+        names; default the one condition every package has, "source"). Sources no longer
+        configured (after a reload) are removed so stale series do not linger."""
         sources = list(sources)
+        self._m["condition"].clear()  # a new package may have other conditions
         names = [s[0] for s in sources]
         for old in set(self._sources) - set(names):
             self._remove_source(old)
@@ -231,6 +288,8 @@ class Metrics:
                 self._m["alert_active"].labels(source=name, severity=sev)
             for kind_ in EVENT_TYPES:
                 self._m["alert_events"].labels(source=name, type=kind_)
+            for cond in (conditions or {}).get(machine, ("source",)):
+                self._m["condition"].labels(source=name, condition=cond).set(0)
         self._sources = names
 
     def _remove_source(self, name: str) -> None:
@@ -273,6 +332,7 @@ class MetricsSink(Sink):
     def __init__(self, metrics: Metrics, alert_status: Callable[[str], AlertStatus | None]) -> None:
         self.metrics = metrics
         self.alert_status = alert_status
+        self.conditions: dict[str, str] = {}  # source -> condition its last window matched
 
     def on_window(self, result: WindowResult) -> None:
         m, src = self.metrics, result.source
@@ -288,6 +348,13 @@ class MetricsSink(Sink):
         m["processing_lag_seconds"].labels(source=src).set(lag)
         m["input_level_dbfs"].labels(source=src).set(result.level_dbfs)
         m["score_threshold"].labels(source=src).set(result.threshold)
+        if result.condition is not None:
+            before = self.conditions.get(src)
+            if before is not None and before != result.condition:
+                m["condition"].labels(source=src, condition=before).set(0)
+                m["condition_changes"].labels(source=src).inc()
+            m["condition"].labels(source=src, condition=result.condition).set(1)
+            self.conditions[src] = result.condition
         for key, value in (("score_raw", result.raw), ("score_normalised", result.normalised)):
             if math.isfinite(value):
                 m[key].labels(source=src).set(value)
@@ -350,6 +417,16 @@ class _Server(ThreadingHTTPServer):
         super().__init__(addr, _Handler)
         self.metrics = metrics
         self.health = health
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper that hangs up mid-response (timed out, restarted) is routine: a debug line,
+        not socketserver's traceback on stderr, which is the journal. Anything else is a bug of
+        ours: logged with its traceback (at error priority), and the server carries on."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            log.debug("http %s: the client went away (%s)", client_address[0], exc)
+        else:
+            log.error("http request from %s failed", client_address[0], exc_info=True)
 
 
 class MetricsServer:

@@ -57,6 +57,7 @@ class WindowResult:
     status: AlertStatus
     model_version: str
     ready_monotonic: float
+    condition: str | None = None  # the operating condition it matched (None: not scored)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ Session rules this module keeps:
   DATA messages carry only alias, timestamp and value of metrics that changed (report by
   exception; the spec says DATA should not repeat the datatype).
 - An NCMD writing ``Node Control/Rebirth`` = true gets a fresh NBIRTH + DBIRTHs (same bdSeq).
+  An NCMD that is not a readable Sparkplug B payload is one WARNING line and counted
+  (``ncmd_errors_total``); the node goes on.
 - Store and forward: with ``primary_host_id`` set, nothing is born before that host's STATE says
   online. While it is offline or unknown (or the broker is unreachable) device data is held in a
   bounded in-memory queue (``store_max_messages`` DDATA records; beyond it the oldest are dropped
@@ -23,7 +25,8 @@ Session rules this module keeps:
   does not publish NDEATH and reconnect); it stops publishing and re-births when the host returns.
 
 Why a control thread with one fresh paho client per session: the last will (NDEATH) carries the
-session's bdSeq, so every connection attempt needs its own will; paho callbacks only enqueue.
+session's bdSeq, so every connection attempt needs its own will; paho callbacks only enqueue
+(and are guarded: an exception must not end paho's network thread).
 """
 
 from __future__ import annotations
@@ -44,9 +47,16 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from monitor.errors import ConfigError
+from monitor.outputs.mqtt.guard import CallbackGuard
 from monitor.outputs.mqtt.settings import MqttSettings, paho_client
 from monitor.outputs.sink import Sink
-from monitor.outputs.sparkplug_pb import DataType, Metric, decode_payload, encode_payload
+from monitor.outputs.sparkplug_pb import (
+    DataType,
+    Metric,
+    SparkplugDecodeError,
+    decode_payload,
+    encode_payload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +189,14 @@ class SparkplugNode(Sink):
         self._backoff = conn.reconnect_min_s
         self._next_attempt = 0.0
         self._thread: threading.Thread | None = None
+        self._guard = CallbackGuard(log, "Sparkplug")
         self.counters = {
             "births_total": 0,
             "data_published_total": 0,
             "historical_published_total": 0,
             "held_dropped_total": 0,
             "rebirth_requests_total": 0,
+            "ncmd_errors_total": 0,  # NCMDs that are not a readable Sparkplug B payload
         }
 
     # ------------------------------------------------------------------ public API
@@ -230,6 +242,11 @@ class SparkplugNode(Sink):
     @property
     def born(self) -> bool:
         return self._born
+
+    @property
+    def callback_errors(self) -> int:
+        """Exceptions caught in this node's paho callbacks (logged, ignored)."""
+        return self._guard.errors
 
     # ------------------------------------------------------------------ control thread
     def _run(self) -> None:
@@ -295,10 +312,17 @@ class SparkplugNode(Sink):
             else:
                 post(("connected", sid))
 
-        client.on_connect = on_connect
-        client.on_connect_fail = lambda c, u: post(("ended", sid, "connection failed"))
-        client.on_disconnect = lambda c, u, f, rc, p: post(("ended", sid, str(rc)))
-        client.on_message = lambda c, u, m: post(("message", sid, m.topic, m.payload))
+        guard = self._guard.wrap
+        client.on_connect = guard("on_connect", on_connect)
+        client.on_connect_fail = guard(
+            "on_connect_fail", lambda c, u: post(("ended", sid, "connection failed"))
+        )
+        client.on_disconnect = guard(
+            "on_disconnect", lambda c, u, f, rc, p: post(("ended", sid, str(rc)))
+        )
+        client.on_message = guard(
+            "on_message", lambda c, u, m: post(("message", sid, m.topic, m.payload))
+        )
         self._client = client
         client.connect_async(self.conn.host, self.conn.port, keepalive=self.conn.keepalive_s)
         client.loop_start()
@@ -440,8 +464,9 @@ class SparkplugNode(Sink):
         elif topic == self.topic_ncmd:
             try:
                 _, _, metrics = decode_payload(payload)
-            except ValueError as exc:
-                log.warning("Sparkplug NCMD on %s is not a Sparkplug B payload: %s", topic, exc)
+            except SparkplugDecodeError as exc:
+                self.counters["ncmd_errors_total"] += 1
+                log.warning("Sparkplug NCMD on %s ignored: %s", topic, exc)
                 return
             rebirth_alias = self._aliases.get(("", REBIRTH))
             for m in metrics:

@@ -1,24 +1,41 @@
-"""A small hand-written protobuf codec for the Sparkplug B ``Payload`` message.
+"""The Sparkplug B ``Payload`` codec: our scalar `Metric` to and from the protobuf runtime.
 
-Why hand-written: the runtime must not depend on protoc or generated code, and the daemon only
-needs scalar metrics. Field numbers follow the Eclipse Sparkplug B schema
-(``org.eclipse.tahu.protobuf.Payload``, proto2): Payload = timestamp 1, metrics 2, seq 3,
-uuid 4, body 5; Metric = name 1, alias 2, timestamp 3, datatype 4, is_historical 5,
-is_transient 6, is_null 7, then the value oneof int_value 10 (uint32), long_value 11 (uint64),
-float_value 12, double_value 13, boolean_value 14, string_value 15, bytes_value 16.
+Why the protobuf runtime and not a hand-written codec: a hand decoder read a name whose length
+arrived as a varint of 2**31 as ``bytes(2**31)`` (+2 GB from an 8-byte NCMD) and raised
+TypeError/struct.error on a float sent as a varint. The runtime (upb) checks every length against
+the bytes present and allocates in proportion to the payload. The classes are generated from
+``sparkplug_b.proto`` (the Eclipse Tahu schema, field for field) by protoc and committed
+(``sparkplug_b_pb2.py``), so the runtime needs ``protobuf`` only, never protoc.
+
+What the runtime lets through and this module refuses: a known field with the wrong wire type
+(protobuf keeps it as an unknown field; here it is an error naming the field) and a proto2
+string that is not UTF-8 (upb hands it over as bytes). Every refusal is one exception type,
+`SparkplugDecodeError`. Unknown field numbers stay allowed (Payload extensions, newer schemas).
 
 Signed integers: the schema has no ``sint`` (zigzag) fields. Sparkplug stores Int8/16/32 as the
 32-bit two's complement in ``int_value`` and Int64 as the 64-bit two's complement in
-``long_value``, so negative values are masked, never zigzagged. The test suite checks this
-module against an independent decoder generated from ``tests/sparkplug_b.proto``.
+``long_value``, so negative values are masked, never zigzagged.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
+
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as _Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from monitor.outputs.sparkplug_b_pb2 import Payload
+
+# An NCMD asks for a rebirth (tens of bytes). Decoded metrics cost ~125x their wire size (2 MB of
+# empty metrics: +250 MB, 6 s), so a payload past this is refused before it is parsed.
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+class SparkplugDecodeError(ValueError):
+    """Bytes that are not a Sparkplug B payload this node can read; the message says where."""
 
 
 class DataType(IntEnum):
@@ -42,7 +59,6 @@ class DataType(IntEnum):
     BYTES = 17
 
 
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _MASK32, _MASK64 = (1 << 32) - 1, (1 << 64) - 1
 _INT_RANGE = {
     DataType.INT8: (-(1 << 7), (1 << 7) - 1),
@@ -57,6 +73,9 @@ _INT_RANGE = {
 }
 _INT32_FIELD = {DataType.INT8, DataType.INT16, DataType.INT32}
 _UINT32_FIELD = {DataType.UINT8, DataType.UINT16, DataType.UINT32}
+_WIRE_NAMES = {0: "varint", 1: "64-bit", 2: "length-delimited", 3: "group", 4: "group", 5: "32-bit"}
+# FieldDescriptor.TYPE_* of the Payload and Metric fields -> the wire type the schema implies
+_SCHEMA_WIRE = {1: 1, 2: 5, 3: 0, 4: 0, 5: 0, 6: 1, 7: 5, 8: 0, 9: 2, 11: 2, 12: 2, 13: 0, 14: 0}
 
 
 @dataclass(frozen=True)
@@ -78,34 +97,7 @@ class Metric:
 # ------------------------------------------------------------------------------ encoding
 
 
-def varint(n: int) -> bytes:
-    """Base-128 varint of an unsigned integer (0 <= n < 2**64)."""
-    if n < 0 or n > _MASK64:
-        raise ValueError(f"varint out of range: {n}")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _key(field: int, wire: int) -> bytes:
-    return varint((field << 3) | wire)
-
-
-def _uint_field(field: int, n: int) -> bytes:
-    return _key(field, _VARINT) + varint(n)
-
-
-def _len_field(field: int, data: bytes) -> bytes:
-    return _key(field, _LEN) + varint(len(data)) + data
-
-
-def _value(m: Metric) -> bytes:
+def _set_value(out: Any, m: Metric) -> None:
     """The value oneof of a metric, by its datatype; errors name the metric and value."""
     dt, v, who = m.datatype, m.value, m.name or f"alias {m.alias}"
     if dt is None:
@@ -117,135 +109,129 @@ def _value(m: Metric) -> bytes:
         if not lo <= v <= hi:
             raise ValueError(f"metric {who}: {v} is out of range for {DataType(dt).name}")
         if dt in _INT32_FIELD or dt in _UINT32_FIELD:
-            return _uint_field(10, v & _MASK32)
-        return _uint_field(11, v & _MASK64)
-    if dt == DataType.FLOAT:
-        return _key(12, _FIXED32) + struct.pack("<f", float(v))
-    if dt == DataType.DOUBLE:
-        return _key(13, _FIXED64) + struct.pack("<d", float(v))
-    if dt == DataType.BOOLEAN:
-        return _uint_field(14, int(bool(v)))
-    if dt in (DataType.STRING, DataType.TEXT, DataType.UUID):
-        return _len_field(15, str(v).encode("utf-8"))
-    if dt == DataType.BYTES:
-        return _len_field(16, bytes(v))
-    raise ValueError(f"metric {who}: datatype {dt} is not supported by this encoder")
-
-
-def encode_metric(m: Metric) -> bytes:
-    out = bytearray()
-    if m.name is not None:
-        out += _len_field(1, m.name.encode("utf-8"))
-    if m.alias is not None:
-        out += _uint_field(2, m.alias)
-    if m.timestamp is not None:
-        out += _uint_field(3, m.timestamp)
-    if m.datatype is not None and m.send_datatype:
-        out += _uint_field(4, int(m.datatype))
-    if m.is_historical:
-        out += _uint_field(5, 1)
-    if m.value is None:
-        out += _uint_field(7, 1)  # is_null: a typed metric without a value yet
+            out.int_value = v & _MASK32
+        else:
+            out.long_value = v & _MASK64
+    elif dt == DataType.FLOAT:
+        out.float_value = float(v)
+    elif dt == DataType.DOUBLE:
+        out.double_value = float(v)
+    elif dt == DataType.BOOLEAN:
+        out.boolean_value = bool(v)
+    elif dt in (DataType.STRING, DataType.TEXT, DataType.UUID):
+        out.string_value = str(v)
+    elif dt == DataType.BYTES:
+        if not isinstance(v, bytes | bytearray | memoryview):  # bytes(int) would allocate
+            raise ValueError(f"metric {who}: {type(v).__name__} is not bytes")
+        out.bytes_value = bytes(v)
     else:
-        out += _value(m)
-    return bytes(out)
+        raise ValueError(f"metric {who}: datatype {dt} is not supported by this encoder")
+
+
+def _fill(out: Any, m: Metric) -> None:
+    if m.name is not None:
+        out.name = m.name
+    if m.alias is not None:
+        out.alias = m.alias
+    if m.timestamp is not None:
+        out.timestamp = m.timestamp
+    if m.datatype is not None and m.send_datatype:
+        out.datatype = int(m.datatype)
+    if m.is_historical:
+        out.is_historical = True
+    if m.value is None:
+        out.is_null = True  # a typed metric without a value yet
+    else:
+        _set_value(out, m)
 
 
 def encode_payload(
     metrics: list[Metric], *, timestamp: int | None = None, seq: int | None = None
 ) -> bytes:
     """A Sparkplug B ``Payload``: timestamp (ms), metrics, seq (absent in NDEATH)."""
-    out = bytearray()
+    p = Payload()
     if timestamp is not None:
-        out += _uint_field(1, timestamp)
+        p.timestamp = timestamp
     for m in metrics:
-        out += _len_field(2, encode_metric(m))
+        _fill(p.metrics.add(), m)
     if seq is not None:
-        out += _uint_field(3, seq)
-    return bytes(out)
+        p.seq = seq
+    return p.SerializeToString()
 
 
 # ------------------------------------------------------------------------------ decoding
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result & _MASK64, pos
-        shift += 7
-        if shift >= 70:
-            raise ValueError("varint too long")
+def _check_wire_types(msg: _Message, where: str) -> None:
+    """protobuf keeps a known field that arrived with the wrong wire type as an unknown field
+    (a float sent as a varint); that is a malformed payload, not an extension."""
+    fields = msg.DESCRIPTOR.fields_by_number
+    for unknown in UnknownFieldSet(msg):
+        known = fields.get(unknown.field_number)
+        if known is not None:
+            got = _WIRE_NAMES.get(unknown.wire_type, str(unknown.wire_type))
+            want = _WIRE_NAMES.get(_SCHEMA_WIRE.get(known.type, -1), "another wire type")
+            raise SparkplugDecodeError(
+                f"{where}: field {unknown.field_number} ({known.name}) arrived as {got}; "
+                f"the schema says {want}"
+            )
 
 
-def _fields(buf: bytes) -> list[tuple[int, int, Any]]:
-    """(field, wire type, raw value) of every field; unknown fields are kept, never an error."""
-    out, pos = [], 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        value: Any
-        if wire == _VARINT:
-            value, pos = _read_varint(buf, pos)
-        elif wire == _FIXED64:
-            value, pos = buf[pos : pos + 8], pos + 8
-        elif wire == _FIXED32:
-            value, pos = buf[pos : pos + 4], pos + 4
-        elif wire == _LEN:
-            n, pos = _read_varint(buf, pos)
-            value, pos = buf[pos : pos + n], pos + n
-        else:
-            raise ValueError(f"unsupported wire type {wire} (field {field})")
-        if pos > len(buf):
-            raise ValueError(f"truncated field {field}")
-        out.append((field, wire, value))
-    return out
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):  # upb returns a proto2 string that is not UTF-8 as bytes
+        raise SparkplugDecodeError(f"{where} is not UTF-8")
+    return value
 
 
-def decode_metric(buf: bytes) -> Metric:
-    kw: dict[str, Any] = {}
-    for field, _wire, raw in _fields(buf):
-        if field == 1:
-            kw["name"] = bytes(raw).decode("utf-8")
-        elif field in (2, 3, 4):
-            kw[{2: "alias", 3: "timestamp", 4: "datatype"}[field]] = raw
-        elif field == 5:
-            kw["is_historical"] = bool(raw)
-        elif field in (10, 11):
-            kw["value"] = raw
-        elif field == 12:
-            kw["value"] = struct.unpack("<f", raw)[0]
-        elif field == 13:
-            kw["value"] = struct.unpack("<d", raw)[0]
-        elif field == 14:
-            kw["value"] = bool(raw)
-        elif field == 15:
-            kw["value"] = bytes(raw).decode("utf-8")
-        elif field == 16:
-            kw["value"] = bytes(raw)
-    dt, v = kw.get("datatype"), kw.get("value")
-    if isinstance(v, int) and not isinstance(v, bool) and dt in _INT_RANGE:
-        lo, _ = _INT_RANGE[DataType(dt)]
-        bits = 32 if dt in _INT32_FIELD else 64
-        if lo < 0 and v >= 1 << (bits - 1):
-            kw["value"] = v - (1 << bits)  # two's complement back to a negative number
-    return Metric(**kw)
+def _signed(value: int, datatype: int | None) -> int:
+    """Two's complement back to a negative number for the signed datatypes."""
+    if datatype in _INT_RANGE and _INT_RANGE[DataType(datatype)][0] < 0:
+        bits = 32 if datatype in _INT32_FIELD else 64
+        if value >= 1 << (bits - 1):
+            return value - (1 << bits)
+    return value
 
 
-def decode_payload(buf: bytes) -> tuple[int | None, int | None, list[Metric]]:
-    """(timestamp, seq, metrics) of a Payload; ValueError on malformed bytes. Used for NCMD."""
-    timestamp = seq = None
-    metrics: list[Metric] = []
-    for field, wire, raw in _fields(buf):
-        if field == 1 and wire == _VARINT:
-            timestamp = raw
-        elif field == 2 and wire == _LEN:
-            metrics.append(decode_metric(bytes(raw)))
-        elif field == 3 and wire == _VARINT:
-            seq = raw
+def _metric(m: Any, where: str) -> Metric:
+    _check_wire_types(m, where)
+    datatype = m.datatype if m.HasField("datatype") else None
+    which = m.WhichOneof("value")
+    value: Any = None
+    if which in ("int_value", "long_value"):
+        value = _signed(getattr(m, which), datatype)
+    elif which in ("float_value", "double_value", "boolean_value", "bytes_value"):
+        value = getattr(m, which)
+    elif which == "string_value":
+        value = _text(m.string_value, f"{where}: string_value")
+    # dataset, template and extension values: not read by this node (value stays None)
+    return Metric(
+        name=_text(m.name, f"{where}: name") if m.HasField("name") else None,
+        alias=m.alias if m.HasField("alias") else None,
+        timestamp=m.timestamp if m.HasField("timestamp") else None,
+        datatype=datatype,
+        value=value,
+        is_historical=m.is_historical,
+    )
+
+
+def decode_payload(
+    buf: bytes, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> tuple[int | None, int | None, list[Metric]]:
+    """(timestamp, seq, metrics) of a Payload (used for NCMD).
+
+    Raises `SparkplugDecodeError` (and nothing else) on bytes that are not one or are longer
+    than ``max_bytes``; memory stays in proportion to ``len(buf)``.
+    """
+    if len(buf) > max_bytes:
+        raise SparkplugDecodeError(
+            f"payload of {len(buf)} bytes is over the {max_bytes}-byte limit"
+        )
+    try:
+        p = Payload.FromString(buf)
+    except DecodeError as exc:
+        raise SparkplugDecodeError(f"not a Sparkplug B payload ({len(buf)} bytes): {exc}") from None
+    _check_wire_types(p, "payload")
+    metrics = [_metric(m, f"metric {i}") for i, m in enumerate(p.metrics)]
+    timestamp = p.timestamp if p.HasField("timestamp") else None
+    seq = p.seq if p.HasField("seq") else None
     return timestamp, seq, metrics

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from monitor.audio.frontend import CED_HOP
 from monitor.model.scoring import scorer_by_name
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class Recipe(ABC):
     # Whether `--separator` can go in front of this recipe's encoder (make_recipe refuses it
     # otherwise, rather than ignoring it silently).
     accepts_separator: ClassVar[bool] = False
+    # STFT hop (samples) of the encoder's log-mel front-end: an exported package's window and
+    # hop must be multiples of it, and `sonitor export --data` picks them before training.
+    frame_hop: ClassVar[int] = CED_HOP
 
     def __init__(self, options: RecipeOptions | None = None) -> None:
         self.options = options or RecipeOptions()
@@ -80,6 +84,15 @@ class Recipe(ABC):
 
     @abstractmethod
     def train_scores(self, machine: str) -> np.ndarray: ...
+
+    def embed_machine(self, machine: str, waves: np.ndarray) -> np.ndarray | None:
+        """Embeddings that `score` would score (None: this recipe scores without any); with them
+        evaluation matches each clip to its operating condition as the daemon does."""
+        return None
+
+    def score_embeddings(self, machine: str, embeddings: np.ndarray) -> np.ndarray:
+        """Scores of `embed_machine`'s output (= `score` on the same clips)."""
+        raise NotImplementedError(f"recipe {self.name!r} scores clips, not embeddings")
 
     def describe(self) -> dict[str, Any]:
         """Hyper-parameters worth writing next to the results."""
@@ -169,6 +182,12 @@ class EmbeddingRecipe(Recipe):
 
     def score(self, machine: str, waves: np.ndarray) -> np.ndarray:
         return self.scorers[machine].score_samples(self.embed(waves))
+
+    def embed_machine(self, machine: str, waves: np.ndarray) -> np.ndarray | None:
+        return self.embed(waves)
+
+    def score_embeddings(self, machine: str, embeddings: np.ndarray) -> np.ndarray:
+        return self.scorers[machine].score_samples(embeddings)
 
     def train_scores(self, machine: str) -> np.ndarray:
         return self.scorers[machine].loo_scores()

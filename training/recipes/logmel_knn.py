@@ -17,16 +17,17 @@ from training.recipes.base import EmbeddingRecipe
 
 def logmel_stats(waves: np.ndarray) -> np.ndarray:
     """[N, samples] -> [N, 2 * 128]: per-band mean and std of the log-mel (dB) over time."""
+    params: dict = dict(
+        n_fft=frontend.LOGMEL_N_FFT,
+        hop=frontend.LOGMEL_HOP,
+        n_mels=frontend.LOGMEL_N_MELS,
+        htk=False,
+        norm="slaney",
+    )
+    ref = frontend.level_reference_db(**params)  # level-normalised, as every front-end is
     feats = []
     for x in waves:
-        mel = frontend.log_mel(
-            x,
-            n_fft=frontend.LOGMEL_N_FFT,
-            hop=frontend.LOGMEL_HOP,
-            n_mels=frontend.LOGMEL_N_MELS,
-            htk=False,
-            norm="slaney",
-        )
+        mel = frontend.log_mel(x, **params, reference_db=ref)
         feats.append(np.concatenate([mel.mean(axis=1), mel.std(axis=1)]))
     return np.asarray(feats, dtype=np.float32)
 

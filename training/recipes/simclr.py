@@ -52,6 +52,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from monitor.audio.frontend import LOGMEL_HOP
 from training.augment import AugmentConfig
 from training.recipes.base import EmbeddingRecipe, MachineArrays, RecipeOptions
 from training.recipes.inference import embed_waves
@@ -69,6 +70,7 @@ class SimCLR(EmbeddingRecipe):
         "ResNet-18 from scratch, SimCLR NT-Xent, Mahalanobis-metric rescaled k-NN (Shin & Lee)"
     )
     default_scorer: ClassVar[str] = "mahalanobis_knn"
+    frame_hop: ClassVar[int] = LOGMEL_HOP  # the ResNet's log-mel front-end
 
     def __init__(self, options: RecipeOptions | None = None) -> None:
         super().__init__(options)
@@ -118,7 +120,11 @@ class SimCLR(EmbeddingRecipe):
     def embed(self, waves: np.ndarray) -> np.ndarray:
         assert self.model is not None, "prepare() trains the encoder first"
         return embed_waves(
-            self.model, waves, batch_size=self.options.batch_size, device=self.options.device
+            self.model,
+            waves,
+            batch_size=self.options.batch_size,
+            device=self.options.device,
+            progress=self.options.progress,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -60,7 +60,11 @@ class Stage1(EmbeddingRecipe):
         if self.model is None:
             self.model = self.load_model()
         return embed_waves(
-            self.model, waves, batch_size=self.options.batch_size, device=self.options.device
+            self.model,
+            waves,
+            batch_size=self.options.batch_size,
+            device=self.options.device,
+            progress=self.options.progress,
         )
 
     def describe(self) -> dict[str, Any]:

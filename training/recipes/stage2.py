@@ -186,6 +186,7 @@ class Stage2SSL(EmbeddingRecipe):
             waves,
             batch_size=self.options.batch_size,
             device=self.options.device,
+            progress=self.options.progress,
         )
 
     def embed(self, waves: np.ndarray) -> np.ndarray:
@@ -196,6 +197,9 @@ class Stage2SSL(EmbeddingRecipe):
 
     def score(self, machine: str, waves: np.ndarray) -> np.ndarray:
         return self.scorers[machine].score_samples(self.embed_for(machine, waves))
+
+    def embed_machine(self, machine: str, waves: np.ndarray) -> np.ndarray | None:
+        return self.embed_for(machine, waves)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -222,7 +222,8 @@ def check_frontend(separator: Separator, mel: MelSpectrogram, what: str) -> None
 class MaskedFrontEnd(nn.Module):
     """An encoder's log-mel front-end with a separator between mel power and dB.
 
-    Output = the streaming path's: unfloored dB -> separator -> per-clip top-dB floor.
+    Output = the streaming path's: unfloored dB -> separator -> per-clip top-dB floor (and level
+    normalisation: `PowerToDB.finish`).
     The wrapped front-end is kept outside the module tree (``original``) so `remove_separator`
     can restore it and export still finds exactly one front-end in the bare model.
     """
@@ -231,6 +232,7 @@ class MaskedFrontEnd(nn.Module):
         super().__init__()
         mel, to_db = mel_and_db(original)
         self.mel, self.top_db, self.amin = mel, to_db.top_db, float(to_db.amin)
+        self.to_db = to_db
         self.separator = separator
         self.original = [original]  # a list: not a submodule
 
@@ -242,10 +244,7 @@ class MaskedFrontEnd(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         db = 10.0 * torch.log10(torch.clamp(self.mel(x), min=self.amin))
-        db = self.separator(db)
-        if self.top_db is not None:
-            db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - self.top_db)
-        return db
+        return self.to_db.finish(self.separator(db))
 
 
 def _frontend_path(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
@@ -328,7 +327,7 @@ def separate_waveform(separator: Separator, wave: np.ndarray) -> np.ndarray:
         return_complex=True,
     )  # fmt: skip
     fb = separator.mel.mel_scale.fb
-    mel = fb.T @ spec.abs().square()
+    mel = separator.mel.mel_scale.weights().T @ spec.abs().square()  # the U-Net's band
     db = 10.0 * torch.log10(torch.clamp(mel, min=separator.amin))
     mask = separator.mask(db[None])[0]  # [M, T] power mask
     lin = torch.from_numpy(linear_mask_weights(fb.numpy())) @ mask

@@ -7,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
 from monitor.audio.capture.health import SourceState
@@ -31,7 +30,6 @@ class FileReader(Source):
         self.fspec = spec
         self.buffer_s = buffer_s
         self.device_label = str(spec.path)
-        self.nonfinite_samples = 0  # NaN/inf samples in the file, replaced by 0 / +-1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -85,9 +83,8 @@ class FileReader(Source):
             col = data[:, self.fspec.channel] if self.fspec.channel is not None else None
             if col is None:
                 col = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-            if not np.isfinite(col).all():
-                self.nonfinite_samples += int(np.count_nonzero(~np.isfinite(col)))
-                col = np.nan_to_num(col, nan=0.0, posinf=1.0, neginf=-1.0)
+            # NaN/inf go through as they are: liveness counts them and marks the source
+            # unhealthy, the windower keeps the windows holding them from being scored
             if self.fspec.realtime:
                 due = t0 + (emitted + col.size) / rate
                 if self._stop.wait(max(0.0, due - time.monotonic())):

@@ -13,6 +13,7 @@ class SourceState(str, enum.Enum):
     OK = "ok"
     SILENT = "silent"
     CLIPPING = "clipping"
+    NONFINITE = "nonfinite"  # NaN/inf samples (a corrupt file or driver): nothing to score
     STALLED = "stalled"  # stream open but no frames, or the stream stopped by itself
     MISSING = "missing"  # the device is not there (retrying)
     REOPENING = "reopening"  # closed after a failure, waiting for the next attempt
@@ -30,6 +31,7 @@ ALARM_STATES = frozenset(
     {
         SourceState.SILENT,
         SourceState.CLIPPING,
+        SourceState.NONFINITE,
         SourceState.STALLED,
         SourceState.MISSING,
         SourceState.REOPENING,
@@ -53,6 +55,7 @@ class SourceHealth:
     clipped_fraction: float  # fraction of samples at full scale in the latest check block
     input_overflows: int  # PortAudio "input overflow" callbacks (audio lost in the driver)
     overflow_samples: int  # samples overwritten in the ring before the consumer read them
+    nonfinite_samples: int  # NaN/inf samples received (never scored, never rewritten)
     discontinuities: int  # times the 16 kHz stream continued across a hole (overrun, reopen)
     reopen_count: int  # successful reopens after the first open
     last_frame_age_s: float | None  # seconds since frames last arrived (None: never)

@@ -26,6 +26,9 @@ from monitor.audio.ringbuffer import RingBuffer
 log = logging.getLogger(__package__)  # one logger name for the whole capture package
 
 TARGET_RATE = SAMPLE_RATE  # the model rate (ARCHITECTURE.md: float32 mono 16 kHz everywhere)
+# A source stays NONFINITE for this much clean audio after its last NaN/inf sample: long enough
+# for health outputs (checked every half second) and the capture alarm to see a short burst.
+NONFINITE_HOLD_S = 10.0
 
 
 class Feed:
@@ -60,6 +63,8 @@ class Source:
         self.last_frames_at: float | None = None
         self._silent_samples = 0
         self._clipped_samples = 0
+        self.nonfinite_samples = 0  # NaN/inf samples seen
+        self._clean_samples = 0  # finite samples since the last NaN/inf one
         self.level_dbfs: float | None = None
         self.clipped_fraction = 0.0
         # published snapshot
@@ -72,6 +77,8 @@ class Source:
         self._resampler: Any = None
         self._clock = 0
         self._discontinuities = 0
+        self._bad_out: list[tuple[int, int]] = []  # 16 kHz spans to mark non-finite again
+        self._in_pos = self._out_pos = 0  # samples into / out of the resampler of _cons_feed
         self.flushed = False
         self._overflow_done = 0  # overflow samples of finished feeds
         self.history = RingBuffer(max(1, int(round(history_s * TARGET_RATE))))
@@ -98,6 +105,15 @@ class Source:
         self._mon_cursor = written
         if x.size == 0:
             return
+        bad = np.flatnonzero(~np.isfinite(x))
+        if bad.size:  # counted, and left out of level and clipping
+            self.nonfinite_samples += int(bad.size)
+            self._clean_samples = x.size - 1 - int(bad[-1])
+            x = np.delete(x, bad)
+            if x.size == 0:
+                return
+        else:
+            self._clean_samples += x.size
         energy = float(np.dot(x, x)) / x.size
         self.level_dbfs = 10.0 * math.log10(energy) if energy > 0 else -math.inf
         self._silent_samples = self._silent_samples + x.size if self._is_silent() else 0
@@ -116,6 +132,11 @@ class Source:
     def content_state(self) -> tuple[SourceState, str] | None:
         """Silent/clipping verdict on the audio itself (None when it looks fine)."""
         rate = self._mon_feed.rate if self._mon_feed is not None else TARGET_RATE
+        if self.nonfinite_samples and self._clean_samples < NONFINITE_HOLD_S * rate:
+            return SourceState.NONFINITE, (
+                f"{self.device_label}: NaN/inf samples in the audio ({self.nonfinite_samples} "
+                "so far); windows holding them are not scored"
+            )
         if self._clipped_samples >= self.lv.clipping_seconds * rate:
             return SourceState.CLIPPING, (
                 f"clipping for {self._clipped_samples / rate:.1f} s: "
@@ -151,6 +172,7 @@ class Source:
             clipped_fraction=self.clipped_fraction,
             input_overflows=self.input_overflows,
             overflow_samples=self.overflow_samples(),
+            nonfinite_samples=self.nonfinite_samples,
             discontinuities=self._discontinuities,
             reopen_count=self.reopen_count,
             last_frame_age_s=None if self.last_frames_at is None else now - self.last_frames_at,
@@ -167,7 +189,10 @@ class Source:
 
     # ------------------------------------------------------------------ consumer
     def read_new(self) -> tuple[int, np.ndarray]:
-        """Drain new native audio, resample to 16 kHz, clip to [-1, 1], remember as history."""
+        """Drain new native audio, resample to 16 kHz, clip to [-1, 1], remember as history.
+
+        NaN/inf samples stay non-finite (as NaN), so the windower can keep them from being scored.
+        """
         with self.consumer_lock:
             start = self._clock
             ended = self.transport is SourceState.ENDED  # before reading: the last write is in
@@ -200,13 +225,17 @@ class Source:
                 parts.append(self._resample(np.zeros(0, np.float32), last=True))
                 self.flushed = True  # the file's last samples out of the resampler
             y = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            bad = ~np.isfinite(y)
             np.clip(y, -1.0, 1.0, out=y)
+            y[bad] = np.nan  # clipping would turn inf into a plausible full-scale sample
             self.history.write(y)
             self._clock += y.size
             return start, y
 
     def _switch_to(self, feed: Feed) -> None:
         self._cons_feed = feed
+        self._bad_out.clear()
+        self._in_pos = self._out_pos = 0
         if feed.rate == TARGET_RATE:
             self._resampler = None
         else:
@@ -217,7 +246,25 @@ class Source:
     def _resample(self, x: np.ndarray, last: bool) -> np.ndarray:
         if self._resampler is None:
             return np.ascontiguousarray(x, dtype=np.float32)
-        return self._resampler.resample_chunk(np.ascontiguousarray(x), last=last)
+        # NaN/inf would poison the filter state: resample zeros there, then mark the output
+        # span they map to (widened by the filter's reach) as NaN again.
+        bad = np.flatnonzero(~np.isfinite(x))
+        if bad.size:
+            x = np.where(np.isfinite(x), x, np.float32(0.0))
+            ratio = TARGET_RATE / self._cons_feed.rate if self._cons_feed else 1.0
+            reach = int(math.ceil(128 * max(1.0, ratio)))
+            cut = np.flatnonzero(np.diff(bad) > 2 * reach / ratio)  # separate bursts
+            for first, last_bad in zip(bad[np.r_[0, cut + 1]], bad[np.r_[cut, -1]], strict=True):
+                lo, hi = self._in_pos + int(first), self._in_pos + int(last_bad) + 1
+                self._bad_out.append((int(lo * ratio) - reach, math.ceil(hi * ratio) + reach))
+        self._in_pos += x.size
+        y = self._resampler.resample_chunk(np.ascontiguousarray(x), last=last)
+        start, end = self._out_pos, self._out_pos + y.size
+        for lo, hi in self._bad_out:
+            y[max(lo, start) - start : max(min(hi, end), start) - start] = np.nan
+        self._bad_out = [(lo, hi) for lo, hi in self._bad_out if hi > end]
+        self._out_pos = end
+        return y
 
     def history_from(self, seconds: float) -> tuple[int, np.ndarray]:
         return self.history.latest_from(int(round(seconds * TARGET_RATE)))

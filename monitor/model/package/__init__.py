@@ -23,7 +23,7 @@ from monitor.model.package.archive import (
     pack_archive,
     unpack_archive,
 )
-from monitor.model.package.bank import Bank, load_bank, save_bank
+from monitor.model.package.bank import Bank, condition_names, load_bank, save_bank
 from monitor.model.package.files import safe_relpath, sha256_file, utc_now, validate_machine_name
 from monitor.model.package.loaded import MachineModel, ModelPackage
 from monitor.model.package.manifest import (
@@ -55,6 +55,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "Bank",
     "CalibrationDefaults",
+    "condition_names",
     "EncoderSpec",
     "FileEntry",
     "FrontendParams",

@@ -1,4 +1,5 @@
-"""A machine's bank file (``machines/<name>/bank.npz``): embeddings, domains, scorer arrays.
+"""A machine's bank file (``machines/<name>/bank.npz``): embeddings, domains, conditions,
+scorer arrays.
 
 Pickle-free: every array is numeric or unicode and is read with ``allow_pickle=False``, so a
 package from elsewhere cannot run code when it is loaded.
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import PackageError
+from monitor.model.conditions import validate_condition_name
 
 _SCORER_PREFIX = "scorer__"  # scorer arrays are stored under this prefix beside the bank's own
 _DOMAINS = ("source", "target", "")  # "" = unknown
@@ -34,6 +36,35 @@ class Bank:
     scorer_params: dict[str, Any]
     scorer_arrays: dict[str, np.ndarray]
     calibration_scores: np.ndarray  # the leave-one-out scores the threshold was fitted on
+    # [N] operating condition of each embedding (`monitor.model.conditions`); a bank written
+    # before conditions existed has its domains ('' = source) as conditions
+    conditions: np.ndarray | None = None
+    # [N] the condition each calibration score was matched to (its nearest other reference)
+    matched: np.ndarray | None = None
+    # [N] RMS level (dBFS) of each embedding's window, NaN where unknown: the enrolled level of
+    # each condition, against which the daemon's level-shift rule measures
+    levels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.conditions is None:
+            self.conditions = condition_names(self.domains)
+        if self.matched is None:
+            self.matched = np.asarray(self.conditions)
+        if self.levels is None:
+            self.levels = np.full(len(self.embeddings), np.nan)
+
+    def level_references(self) -> dict[str, tuple[float, float]]:
+        """Condition -> (median level, robust spread) in dB of its enrolled windows; conditions
+        without known levels are left out (a package from before levels were stored)."""
+        out = {}
+        levels = np.asarray(self.levels, dtype=np.float64)
+        conds = np.asarray(self.conditions)
+        for c in np.unique(conds).tolist():
+            v = levels[(conds == c) & np.isfinite(levels)]
+            if v.size >= 3:
+                med = float(np.median(v))
+                out[str(c)] = (med, float(1.4826 * np.median(np.abs(v - med))))
+        return out
 
     @property
     def dim(self) -> int:
@@ -52,7 +83,15 @@ class Bank:
             self.scorer_params,
             self.scorer_arrays,
             self.calibration_scores,
+            conditions=self.conditions,
+            matched=self.matched,
+            levels=self.levels,
         )
+
+
+def condition_names(domains: np.ndarray) -> np.ndarray:
+    """Conditions of a bank from before conditions: its DCASE domains ('' -> 'source')."""
+    return np.asarray([d if d else "source" for d in np.asarray(domains).tolist()], dtype=str)
 
 
 def save_bank(
@@ -63,6 +102,10 @@ def save_bank(
     scorer_params: Mapping[str, Any],
     scorer: Any,
     calibration_scores: np.ndarray,
+    *,
+    conditions: Any = None,
+    matched: Any = None,
+    levels: Any = None,
 ) -> None:
     """Write a bank as a pickle-free ``.npz``.
 
@@ -81,6 +124,17 @@ def save_bank(
         "scorer_params": np.asarray(json.dumps(dict(scorer_params), sort_keys=True)),
         "calibration_scores": np.asarray(calibration_scores, dtype=np.float64),
     }
+    for key, value in (("conditions", conditions), ("matched", matched)):
+        if value is not None:
+            arr = np.asarray([str(v) for v in value])
+            if arr.shape != (len(x),):
+                raise ValueError(f"{len(arr)} {key} for {len(x)} embeddings")
+            arrays[key] = arr
+    if levels is not None:
+        lv = np.asarray(levels, dtype=np.float64)
+        if lv.shape != (len(x),):
+            raise ValueError(f"{len(lv)} levels for {len(x)} embeddings")
+        arrays["levels"] = lv
     scorer_arrays = scorer if isinstance(scorer, Mapping) else scorer.to_arrays()
     for key, value in scorer_arrays.items():
         arr = np.asarray(value)
@@ -120,6 +174,23 @@ def load_bank(path: str | Path, where: str = "") -> Bank:
         raise PackageError(f"{name}: 'scorer_params' is not JSON ({exc})") from None
     if not isinstance(params, dict):
         raise PackageError(f"{name}: 'scorer_params' must be a JSON object")
+    conds = {}
+    for key in ("conditions", "matched"):
+        if key in data:
+            arr = data[key]
+            if arr.shape != (x.shape[0],) or arr.dtype.kind != "U":
+                raise PackageError(f"{name}: {key!r} must hold one condition name per embedding")
+            try:
+                for c in set(arr.tolist()):
+                    validate_condition_name(c)
+            except ValueError as exc:
+                raise PackageError(f"{name}: {key!r}: {exc}") from None
+            conds[key] = arr.astype(str)
+    levels = None
+    if "levels" in data:
+        levels = data["levels"]
+        if levels.shape != (x.shape[0],) or levels.dtype.kind != "f":
+            raise PackageError(f"{name}: 'levels' must hold one float (dBFS or NaN) per embedding")
     return Bank(
         embeddings=x.astype(np.float32, copy=False),
         domains=doms.astype(str),
@@ -129,4 +200,7 @@ def load_bank(path: str | Path, where: str = "") -> Bank:
             k[len(_SCORER_PREFIX) :]: v for k, v in data.items() if k.startswith(_SCORER_PREFIX)
         },
         calibration_scores=np.asarray(data["calibration_scores"], dtype=np.float64),
+        conditions=conds.get("conditions"),
+        matched=conds.get("matched"),
+        levels=None if levels is None else levels.astype(np.float64),
     )

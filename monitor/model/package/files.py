@@ -38,5 +38,25 @@ def safe_relpath(rel: str, where: str) -> str:
     return p.as_posix()
 
 
+def package_file(root: Path, rel: str) -> Path:
+    """``root / rel``, refusing symlinks on the way and anything that resolves outside ``root``.
+
+    `safe_relpath` checks the name only: a symlinked file or folder in a package folder would
+    still let a bank or calibration be read from anywhere on the disk (archives never hold
+    links: `unpack_archive` refuses them). The package folder itself may be a link.
+    """
+    path = root
+    for part in Path(safe_relpath(rel, str(root))).parts:
+        path = path / part
+        if path.is_symlink():
+            raise PackageError(
+                f"{path}: is a symbolic link; a package holds regular files only (copy the "
+                "file into the package instead of linking it)"
+            )
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise PackageError(f"{path}: resolves outside the package folder {root}")
+    return path
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from monitor.errors import PackageError
+from monitor.model.conditions import ConditionCalibration, ConditionMatcher
 from monitor.model.package.archive import unpack_archive
 from monitor.model.package.bank import Bank, load_bank
-from monitor.model.package.files import sha256_file
-from monitor.model.package.manifest import Manifest
+from monitor.model.package.files import package_file, sha256_file
+from monitor.model.package.manifest import MANIFEST, Manifest
 from monitor.model.package.sections import (
     PRECISIONS,
     FrontendParams,
@@ -26,26 +27,57 @@ from monitor.model.package.sections import (
 
 if TYPE_CHECKING:  # imported when a machine is loaded: the package format alone needs no scipy
     from monitor.model.scoring import Scorer
-    from monitor.model.thresholds import Calibration
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Windows scored against a machine: raw scores, the condition each is closest to, and the
+    normalised score (raw / that condition's threshold: 1.0 is the boundary everywhere)."""
+
+    raw: np.ndarray  # [N]
+    conditions: list[str]  # [N]
+    thresholds: np.ndarray  # [N] raw threshold used for each window
+    normalised: np.ndarray  # [N]
 
 
 @dataclass
 class MachineModel:
-    """One machine type: its scorer (fitted on the bank) and its threshold calibration."""
+    """One machine type: its scorer (fitted on the bank), its operating conditions and their
+    thresholds (`monitor.model.conditions`)."""
 
     name: str
     scorer: Scorer
-    calibration: Calibration
+    calibration: ConditionCalibration
     bank: Bank
     entry: MachineEntry  # its manifest entry (file names, bank summary, history)
+    matcher: ConditionMatcher
 
     @property
     def threshold(self) -> float:
+        """The lowest condition threshold (one number for summaries)."""
         return float(self.calibration.threshold)
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        return self.calibration.names
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Anomaly scores (higher = more anomalous) for ``[N, D]`` embeddings."""
         return np.asarray(self.scorer.score_samples(embeddings), dtype=np.float64)
+
+    def assess(
+        self,
+        embeddings: np.ndarray,
+        calibration: ConditionCalibration | None = None,
+        dcase: bool = False,
+    ) -> Assessment:
+        """Score, match each window to a condition and normalise by that condition's threshold
+        (``calibration``: e.g. the package's with the daemon's alarm rule; default its own)."""
+        cal = calibration or self.calibration
+        raw = self.score(embeddings)
+        names = self.matcher.match_names(embeddings)
+        thr = np.array([cal.threshold_of(c, dcase) for c in names], dtype=np.float64)
+        return Assessment(raw, names, thr, raw / thr)
 
 
 class ModelPackage:
@@ -77,6 +109,7 @@ class ModelPackage:
             return cls._load_archive(path, verify_checksums, check_encoder)
         if not path.is_dir():
             raise PackageError(_missing_message(path))
+        package_file(path, MANIFEST)  # not a link to a manifest elsewhere
         pkg = cls(path, Manifest.load(path))
         pkg._check_files(verify_checksums)
         for name in pkg.manifest.machines:
@@ -102,7 +135,7 @@ class ModelPackage:
     def _check_files(self, verify_checksums: bool) -> None:
         """Every listed file exists with its recorded size (and checksum)."""
         for rel, entry in self.manifest.files.items():
-            fpath = self.path / rel
+            fpath = package_file(self.path, rel)  # no symlinks, nothing outside the package
             if not fpath.is_file():
                 raise PackageError(f"{fpath}: file listed in the manifest is missing")
             size = fpath.stat().st_size
@@ -121,7 +154,6 @@ class ModelPackage:
 
     def _load_machine(self, name: str) -> MachineModel:
         from monitor.model.scoring import scorer_from_arrays
-        from monitor.model.thresholds import Calibration
 
         entry = self.manifest.machines[name]
         bank_path, cal_path = self.path / entry.bank, self.path / entry.calibration
@@ -144,8 +176,11 @@ class ModelPackage:
             ) from None
         if probe.shape != (1,) or not np.all(np.isfinite(probe)):
             raise PackageError(f"{where}: the scorer gives no finite score")
+        conditions = sorted(set(np.asarray(bank.conditions).tolist()))
         try:
-            calibration = Calibration.from_dict(json.loads(cal_path.read_text()))
+            calibration = ConditionCalibration.from_dict(
+                json.loads(cal_path.read_text()), str(cal_path), conditions
+            )
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PackageError(f"{cal_path}: not valid JSON ({exc})") from None
         except (PackageError, KeyError, TypeError, ValueError) as exc:
@@ -153,7 +188,14 @@ class ModelPackage:
         thr = float(calibration.threshold)
         if not math.isfinite(thr) or thr <= 0:
             raise PackageError(f"{cal_path}: threshold must be a positive number, got {thr!r}")
-        return MachineModel(name, scorer, calibration, bank, entry)
+        missing = sorted(set(conditions) - set(calibration.names))
+        if missing:
+            raise PackageError(
+                f"{cal_path}: no threshold for the bank's condition(s) {missing} "
+                f"(calibrated: {list(calibration.names)})"
+            )
+        matcher = ConditionMatcher(bank.embeddings, np.asarray(bank.conditions).tolist())
+        return MachineModel(name, scorer, calibration, bank, entry, matcher)
 
     def _check_onnx_outputs(self) -> None:
         """The encoder graphs must give embeddings of the manifest's size."""

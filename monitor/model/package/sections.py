@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from monitor.errors import PackageError
 from monitor.model.package.files import validate_machine_name
 
@@ -293,19 +295,43 @@ class ScorerSpec:
 
 @dataclass(frozen=True)
 class CalibrationDefaults:
-    """How enrolment calibrates thresholds unless told otherwise (``calibration``)."""
+    """How enrolment calibrates thresholds unless told otherwise (``calibration``).
 
-    method: str = "gamma"  # see `monitor.model.thresholds.calibrate`
-    q: float = 0.9  # quantile of the normal scores that becomes the threshold
+    Thresholds are fitted per operating condition to a false-alarm budget
+    (`monitor.model.conditions`). ``method``/``q`` describe the DCASE 0.9-quantile decision of
+    offline files (kept for packages written before budgets; "gamma" there).
+    """
+
+    method: str = "conditions-lognormal"
+    q: float = 0.9  # the quantile of offline DCASE decisions
+    false_alarms_per_week: float = 1.0  # per machine, with the default alert rule
+    burst_seconds: float = 2.0  # sounds up to this long never alarm (the persistence rule)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> CalibrationDefaults:
-        method = optional(d, "method", str, f"{where}: calibration") or "gamma"
-        q = optional(d, "q", (int, float), f"{where}: calibration")
-        return cls(method, 0.9 if q is None else float(q))
+        at = f"{where}: calibration"
+        method = optional(d, "method", str, at) or "gamma"
+        q = optional(d, "q", (int, float), at)
+        budget = optional(d, "false_alarms_per_week", (int, float), at)
+        burst = optional(d, "burst_seconds", (int, float), at)
+        if budget is not None and not budget > 0:
+            raise PackageError(f"{at}: 'false_alarms_per_week' must be positive; got {budget}")
+        if burst is not None and not burst >= 0:
+            raise PackageError(f"{at}: 'burst_seconds' must be >= 0; got {burst}")
+        return cls(
+            method,
+            0.9 if q is None else float(q),
+            1.0 if budget is None else float(budget),
+            2.0 if burst is None else float(burst),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "q": self.q}
+        return {
+            "method": self.method,
+            "q": self.q,
+            "false_alarms_per_week": self.false_alarms_per_week,
+            "burst_seconds": self.burst_seconds,
+        }
 
 
 @dataclass(frozen=True)
@@ -322,7 +348,8 @@ class MachineEntry:
     n_bank: int | None = None  # bank size and its domains (summary)
     n_source: int | None = None
     n_target: int | None = None
-    threshold: float | None = None  # the calibrated threshold (summary)
+    threshold: float | None = None  # the lowest calibrated threshold (summary)
+    conditions: Mapping[str, int] | None = None  # operating condition -> bank rows (summary)
     history: tuple[Mapping[str, Any], ...] = ()  # export and enrolment events, oldest first
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -334,6 +361,7 @@ class MachineEntry:
         "n_source",
         "n_target",
         "threshold",
+        "conditions",
         "history",
     )
 
@@ -343,6 +371,7 @@ class MachineEntry:
     ) -> MachineEntry:
         """The entry of machine ``name`` with ``bank``, calibrated to ``threshold``."""
         doms = bank.domains.tolist()
+        names, counts = np.unique(np.asarray(bank.conditions), return_counts=True)
         return cls(
             bank=f"machines/{name}/bank.npz",
             calibration=f"machines/{name}/calibration.json",
@@ -351,6 +380,7 @@ class MachineEntry:
             n_source=doms.count("source"),
             n_target=doms.count("target"),
             threshold=float(threshold),
+            conditions={str(n): int(c) for n, c in zip(names, counts, strict=True)},
             history=tuple(history),
         )
 
@@ -364,6 +394,7 @@ class MachineEntry:
         if not isinstance(history, list) or not all(isinstance(e, Mapping) for e in history):
             raise PackageError(f"{at}: 'history' must be a list of objects")
         threshold = optional(d, "threshold", (int, float), at)
+        conditions = optional(d, "conditions", Mapping, at)
         return cls(
             bank=required(d, "bank", str, at),
             calibration=required(d, "calibration", str, at),
@@ -372,14 +403,18 @@ class MachineEntry:
             n_source=optional(d, "n_source", int, at),
             n_target=optional(d, "n_target", int, at),
             threshold=None if threshold is None else float(threshold),
+            conditions=None if conditions is None else dict(conditions),
             history=tuple(dict(e) for e in history),
             extra=unmodelled(d, cls._KEYS),
         )
 
     def to_dict(self) -> dict[str, Any]:
         summary = {
-            k: getattr(self, k) for k in ("scorer", "n_bank", "n_source", "n_target", "threshold")
+            k: getattr(self, k)
+            for k in ("scorer", "n_bank", "n_source", "n_target", "threshold", "conditions")
         }
+        if summary["conditions"] is not None:
+            summary["conditions"] = dict(summary["conditions"])
         return {
             **self.extra,
             "bank": self.bank,

@@ -1,5 +1,6 @@
 """MQTT: settings and topics (`settings`), the daemon's client (`client`), command decoding
-(`commands`) and the daemon's MQTT output (`sink`). Topics and payloads: docs/mqtt.md."""
+(`commands`), paho callbacks that never raise (`guard`) and the daemon's MQTT output (`sink`).
+Topics and payloads: docs/mqtt.md."""
 
 from monitor.outputs.mqtt.client import MqttClient, publish_test_alert
 from monitor.outputs.mqtt.commands import command_args, mute_until

@@ -17,6 +17,12 @@ old payload. That would duplicate and reorder the outbox replay and could not ca
 ``reconnect_on_failure=False``) and the control thread reconnects forever with backoff; the
 SQLite outbox is the only place a pending event lives. paho callbacks only enqueue (paho holds
 its own locks while calling them); the control thread does all publishing and all outbox writes.
+
+Why every callback is guarded and the network thread watched: an exception out of a callback
+ends paho's thread silently (the socket stays open, commands go unread, acks pile up). The guard
+(`guard.CallbackGuard`) counts, logs and swallows it; anything that still ends the thread is
+seen by the control thread, which then drops the session and reconnects, and `connected` (the
+daemon's health) is false from the moment the thread is gone.
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ import paho.mqtt.client as mqtt
 from monitor.alerting.machine import AlertEvent, test_events
 from monitor.errors import ConfigError
 from monitor.outputs.mqtt.commands import command_args
+from monitor.outputs.mqtt.guard import CallbackGuard
 from monitor.outputs.mqtt.settings import MqttError, MqttSettings, Topics, paho_client
+from monitor.outputs.open_alerts import open_alert_change
 from monitor.outputs.outbox import Outbox
 from monitor.outputs.payloads import (
     AVAILABILITY_OFFLINE,
@@ -63,13 +71,18 @@ class _Session:
     connected: bool = False
     in_flight: dict[int, int] = field(default_factory=dict)  # paho mid -> outbox id
     sent_upto: int = 0  # highest outbox id published in this session
+    loop: threading.Thread | None = None  # paho's network thread (loop_start)
+
+    def loop_alive(self) -> bool:
+        return self.loop is None or self.loop.is_alive()
 
 
 class MqttClient:
     """The daemon's MQTT side. Thread-safe ``publish_*``; never blocks the caller on the network.
 
     ``on_connection_change(connected)`` is called from the control thread (for metrics).
-    Command callbacks run on the paho network thread: keep them short (set a flag, enqueue).
+    Command callbacks run on the paho network thread: keep them short (set a flag, enqueue);
+    an exception from one is logged and counted (``command_errors_total``).
     """
 
     def __init__(
@@ -106,6 +119,7 @@ class MqttClient:
         self.last_error: str | None = None
         self._failures = 0
         self._where = f"{settings.host}:{settings.port}"
+        self._guard = CallbackGuard(log, "MQTT")
         self.counters = {
             "connects_total": 0,
             "disconnects_total": 0,
@@ -117,6 +131,7 @@ class MqttClient:
             "commands_total": 0,
             "command_errors_total": 0,
             "internal_errors_total": 0,
+            "loop_restarts_total": 0,  # paho's network thread ended unexpectedly
         }
 
     # ------------------------------------------------------------------ public API
@@ -133,7 +148,9 @@ class MqttClient:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        """Connected with a live network thread (what health reports)."""
+        session = self._session
+        return self._connected.is_set() and session is not None and session.loop_alive()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected.wait(timeout)
@@ -142,8 +159,12 @@ class MqttClient:
         """Store an event in the outbox (durable on return), then send it; return its outbox id."""
         topic = self.topics.events(source)
         created = payload.get("time") if isinstance(payload.get("time"), float | int) else None
+        data = encode(payload)
+        change = open_alert_change(payload, data)  # the next start ends what stays open
         with self._lock:
-            row = self.outbox.put(topic, encode(payload), max(self.settings.qos, 1), False, created)
+            row = self.outbox.put(
+                topic, data, max(self.settings.qos, 1), False, created, open_alert=change
+            )
             if self.connected:
                 self._live.add(row)
         self._wake()
@@ -198,6 +219,7 @@ class MqttClient:
         """Snapshot for metrics: connection, counters, outbox gauges."""
         out: dict[str, Any] = {"connected": self.connected, "last_error": self.last_error}
         out.update(self.counters)
+        out["callback_errors_total"] = self._guard.errors
         out.update({f"outbox_{k}": v for k, v in self.outbox.stats().items()})
         return out
 
@@ -217,6 +239,7 @@ class MqttClient:
         """Control loop: open sessions, publish, take acks. Survives its own errors (logged)."""
         while True:
             try:
+                self._check_loop()
                 if self._session is None and time.monotonic() >= self._next_attempt:
                     self._session = self._open_session()
                 wait = 0.5
@@ -289,6 +312,7 @@ class MqttClient:
             client.will_set(self.topics.availability, AVAILABILITY_OFFLINE, qos=1, retain=True)
         session = _Session(sid, client)
         post = self._queue.put
+        guard = self._guard.wrap
 
         def on_connect(c, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
             if reason_code.is_failure:
@@ -305,14 +329,32 @@ class MqttClient:
         def on_publish(c, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
             post(("ack", sid, mid))
 
-        client.on_connect = on_connect
-        client.on_connect_fail = on_connect_fail
-        client.on_disconnect = on_disconnect
-        client.on_publish = on_publish
-        client.on_message = self._on_message
+        client.on_connect = guard("on_connect", on_connect)
+        client.on_connect_fail = guard("on_connect_fail", on_connect_fail)
+        client.on_disconnect = guard("on_disconnect", on_disconnect)
+        client.on_publish = guard("on_publish", on_publish)
+        client.on_message = guard("on_message", self._on_message)
         client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
         client.loop_start()
+        session.loop = client._thread  # paho has no public handle on its network thread
         return session
+
+    def _check_loop(self) -> None:
+        """Reconnect when paho's network thread ended without telling us (no "ended" posted):
+        nothing would read commands or acks on that connection again."""
+        session = self._session
+        if session is None or session.loop_alive() or not self._queue.empty():
+            return  # (a normal end posts "ended" before its thread finishes: that comes first)
+        self.counters["loop_restarts_total"] += 1
+        self.last_error = "the MQTT network thread ended unexpectedly"
+        log.error("MQTT: %s (connection to %s); reconnecting", self.last_error, self._where)
+        with contextlib.suppress(Exception):  # best effort: a clean DISCONNECT drops the will
+            session.client.disconnect()
+        sock = session.client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._end_session(session, "network thread ended", failed_connect=not session.connected)
 
     def _on_session_up(self, session: _Session) -> None:
         session.connected = True

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 
 from monitor.errors import ConfigError, SonitorError
 
-COMMAND_VERBS = ("reload", "mute", "unmute", "test_alert")
+COMMAND_VERBS = ("reload", "mute", "unmute", "test_alert", "ack")
 _LEVEL = re.compile(r"^[^/#+\x00\s]+$")
 
 

@@ -1,0 +1,217 @@
+"""Operating conditions and budget-calibrated thresholds (`monitor.model.conditions`): the maths,
+the small-sample rule, the package round trip and old packages."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from package_fixtures import copy_package, make_tiny_package, synthetic_machine_audio
+from scipy.stats import norm
+
+from monitor.alerting.machine import AlertMachine, AlertPolicy
+from monitor.errors import PackageError
+from monitor.model import enroll as en
+from monitor.model.conditions import (
+    AlarmRule,
+    ConditionCalibration,
+    ConditionMatcher,
+    calibrate_conditions,
+    default_rule,
+    persistence_rule,
+    scorer_domains,
+)
+from monitor.model.package import ModelPackage
+
+# ----------------------------------------------------------------------------- the alert rule
+
+
+GRIDS = [(10.0, 1.0, 2.0), (9.984, 1.024, 2.0), (2.0, 0.5, 1.0), (10.0, 1.0, 0.5)]
+
+
+@pytest.mark.parametrize(("window", "hop", "burst"), GRIDS)
+def test_no_burst_up_to_burst_seconds_can_alarm_but_a_sustained_change_does(window, hop, burst):
+    """Windows every hop; a burst [a, a + b) makes every window it overlaps anomalous."""
+    n, m = persistence_rule(window, hop, burst)
+    policy = AlertPolicy(n_above=n, m_windows=m, cooldown_s=0.0, min_hold_s=0.0)
+    for onset in np.linspace(20.0, 20.0 + hop, 7):  # every phase of the burst against the hops
+        machine, alarmed = AlertMachine("s", policy), False
+        for i in range(200):
+            start = i * hop
+            hit = start < onset + burst and start + window > onset
+            events = machine.step(start + window, 5.0 if hit else 0.1, True)
+            alarmed |= any(e.type == "start" for e in events)
+        assert not alarmed, (onset, n, m)
+    # a sustained fault: alarmed n hops after the first window that contains it
+    machine, first = AlertMachine("s", policy), None
+    for i in range(200):
+        start = i * hop
+        events = machine.step(start + window, 5.0 if start + window > 20.0 else 0.1, True)
+        if first is None and any(e.type == "start" for e in events):
+            first = start + window - 20.0
+    assert first is not None and first <= n * hop + 1e-6
+
+
+def test_budget_maths_round_trip_and_the_dependence_rule():
+    rule = default_rule(10.0, 1.0, false_alarms_per_week=1.0, burst_seconds=2.0)
+    assert (rule.n_above, rule.m_windows) == (13, 15)
+    # 13 windows every 1 s span 12 s: two independent 10 s observations must both exceed
+    assert rule.independent_windows == 2
+    assert rule.false_alarms_per_week_at(rule.window_exceedance) == pytest.approx(1.0)
+    assert rule.window_exceedance == pytest.approx(math.sqrt(10.0 / 604800.0))
+    one = AlarmRule(1.0, 10.0, 1.0, 1, 1)
+    assert one.independent_windows == 1 and one.window_exceedance == pytest.approx(10 / 604800)
+    with pytest.raises(ValueError, match="false_alarms_per_week"):
+        AlarmRule(0.0, 10.0, 1.0, 1, 1)
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _two_conditions(rng, n_main=300, n_small=10, sig_main=0.3, sig_small=0.45):
+    logs = np.r_[rng.normal(0.0, sig_main, n_main), rng.normal(1.0, sig_small, n_small)]
+    return np.exp(logs), ["source"] * n_main + ["fast"] * n_small
+
+
+def test_each_condition_gets_its_own_threshold_and_json_round_trips():
+    rng = np.random.default_rng(0)
+    scores, conds = _two_conditions(rng)
+    rule = default_rule(10.0, 1.0)
+    cal = ConditionCalibration.fit(scores, conds, rule)
+    thr = cal.thresholds()
+    assert set(thr) == {"source", "fast"} and thr["fast"] > 2 * thr["source"]
+    # the alarm threshold is far above the DCASE 0.9 one (a week is 60,000 windows)
+    assert all(cal.thresholds()[c] > 1.5 * cal.thresholds(dcase=True)[c] for c in thr)
+    # normalised: 1.0 at each condition's own threshold
+    np.testing.assert_allclose(cal.normalise([thr["source"], thr["fast"]], ["source", "fast"]), 1)
+    back = ConditionCalibration.from_dict(json.loads(json.dumps(cal.to_dict())), "x")
+    assert back.thresholds() == pytest.approx(thr) and back.rule == rule
+    # a larger budget lowers every threshold; the fit is kept
+    loose = cal.with_rule(default_rule(10.0, 1.0, false_alarms_per_week=50.0))
+    assert all(loose.thresholds()[c] < thr[c] for c in thr)
+
+
+def test_alarm_threshold_meets_the_budget_on_fresh_normal_scores():
+    """Log-normal normal scores: the share of fresh normal windows over each condition's
+    threshold is near the target p on average (the small condition included)."""
+    rng = np.random.default_rng(1)
+    rule = default_rule(10.0, 1.0)
+    p = rule.window_exceedance
+    exceed = {"source": [], "fast": []}
+    for _ in range(200):
+        scores, conds = _two_conditions(rng)
+        thr = ConditionCalibration.fit(scores, conds, rule).thresholds()
+        for c, (mu, sd) in {"source": (0.0, 0.3), "fast": (1.0, 0.45)}.items():
+            exceed[c].append(norm.sf((math.log(thr[c]) - mu) / sd))
+    assert np.mean(exceed["source"]) < 1.5 * p
+    # the 10-score condition, MORE spread than the pooled one: a pooled shape alone would miss
+    # the budget about tenfold (exp(1.0 + z sigma_pool) with sigma_pool ~ 0.3)
+    assert np.mean(exceed["fast"]) < 3 * p
+    z = norm.isf(p)
+    pooled_only = norm.sf((1.0 + z * 0.3 - 1.0) / 0.45)
+    assert pooled_only > 5 * p
+
+
+def test_small_condition_costs_a_higher_threshold_than_a_large_one():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0.0, 0.3, 300)
+    rule = default_rule(10.0, 1.0)
+    big = ConditionCalibration.fit(
+        np.exp(np.r_[base, base[:300] + 1]), ["a"] * 300 + ["b"] * 300, rule
+    )
+    small = ConditionCalibration.fit(
+        np.exp(np.r_[base, base[:10] + 1]), ["a"] * 300 + ["b"] * 10, rule
+    )
+    ratio = small.thresholds()["b"] / big.thresholds()["b"]
+    assert 1.05 < ratio < 2.0
+
+
+def test_matching_uses_the_nearest_other_reference():
+    x = np.array([[1, 0], [0.99, 0.1], [0, 1], [0.1, 0.99], [0.05, 1.0]], np.float32)
+    m = ConditionMatcher(x, ["a", "a", "b", "b", "b"])
+    assert m.match_names([[1, 0.05], [0.02, 1]]) == ["a", "b"]
+    assert [m.names[i] for i in m.loo_match()] == ["a", "a", "b", "b", "b"]
+    cal, matched = calibrate_conditions([0.1, 0.12, 0.3, 0.25, 0.28], x, m.codes.tolist() and
+                                        ["a", "a", "b", "b", "b"], default_rule(10, 1))  # fmt: skip
+    assert matched.tolist() == ["a", "a", "b", "b", "b"] and set(cal.names) == {"a", "b"}
+
+
+def test_scorer_domains_make_the_largest_condition_the_source():
+    assert scorer_domains(["x", "y", "y", "z"]) == ["target", "source", "source", "target"]
+    assert scorer_domains(["target", "source"]) == ["target", "source"]
+
+
+def test_bad_calibration_files_are_refused_by_name():
+    cal = ConditionCalibration.fit(*_two_conditions(np.random.default_rng(3)), default_rule(10, 1))
+    d = cal.to_dict()
+    d["conditions"]["fast"]["threshold"] = -1
+    with pytest.raises(PackageError, match=r"cal.json: conditions\['fast'\] is invalid"):
+        ConditionCalibration.from_dict(d, "cal.json")
+    with pytest.raises(PackageError, match="cal.json: 'sigma'"):
+        ConditionCalibration.from_dict({**cal.to_dict(), "sigma": "x"}, "cal.json")
+
+
+# ----------------------------------------------------------------------------- packages
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return make_tiny_package(tmp_path_factory.mktemp("cond") / "pkg", machines=("fan",))
+
+
+def test_conditions_round_trip_through_the_package(base, tmp_path):
+    pkg_dir = copy_package(base, tmp_path / "pkg")
+    fast = synthetic_machine_audio("pump", 1, 30.0, seed=4)[0]  # another regime: other harmonics
+    res = en.enroll(pkg_dir, "fan", waveforms=[("fast run", fast)], condition="fast")
+    pkg = ModelPackage.load(pkg_dir)
+    fan = pkg.machine("fan")
+    assert fan.conditions == ("fast", "source")
+    assert pkg.manifest.machines["fan"].conditions == {"fast": 15, "source": 64}
+    assert set(fan.calibration.thresholds()) == {"fast", "source"}
+    assert res.threshold == pytest.approx(fan.threshold)
+    # a window of the new regime is matched to it and judged by its threshold
+    other = synthetic_machine_audio("pump", 1, 2.0, seed=99)[0]
+    from monitor.model.runtime import Embedder
+
+    a = fan.assess(Embedder(pkg).embed(other[None]))
+    assert a.conditions == ["fast"]
+    assert a.thresholds[0] == pytest.approx(fan.calibration.threshold_of("fast"))
+    assert a.normalised[0] == pytest.approx(a.raw[0] / a.thresholds[0])
+
+
+def test_a_package_of_the_previous_format_still_loads_and_scores(base, tmp_path):
+    """Format-1 calibration (one gamma threshold) and a bank without condition arrays."""
+    pkg_dir = copy_package(base, tmp_path / "old")
+    cal_path = pkg_dir / "machines" / "fan" / "calibration.json"
+    bank_path = pkg_dir / "machines" / "fan" / "bank.npz"
+    old = {"method": "gamma", "q": 0.9, "threshold": 0.5, "params": {"a": 2.0}, "n": 64}
+    cal_path.write_text(json.dumps(old))
+    with np.load(bank_path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k not in ("conditions", "matched")}
+    with open(bank_path, "wb") as f:
+        np.savez(f, **arrays)
+    manifest = json.loads((pkg_dir / "manifest.json").read_text())
+    for rel in (cal_path, bank_path):
+        key = rel.relative_to(pkg_dir).as_posix()
+        from monitor.model.package import sha256_file
+
+        manifest["files"][key] = {"sha256": sha256_file(rel), "bytes": rel.stat().st_size}
+    manifest["machines"]["fan"].pop("conditions", None)
+    (pkg_dir / "manifest.json").write_text(json.dumps(manifest))
+    pkg = ModelPackage.load(pkg_dir)
+    fan = pkg.machine("fan")
+    assert fan.conditions == ("source",) and fan.threshold == 0.5
+    res = en.score_files(pkg, "fan", [_wav(tmp_path, "fan")])[0]
+    assert res.condition == "source" and res.normalised == pytest.approx(res.score / 0.5)
+    # enrolling into it writes the new format
+    en.enroll(pkg_dir, "fan", waveforms=[("more", synthetic_machine_audio("fan", 1, 8.0)[0])])
+    assert json.loads(cal_path.read_text())["format"] == 2
+
+
+def _wav(tmp_path: Path, machine: str) -> Path:
+    from monitor.audio.io import write_wav
+
+    return write_wav(tmp_path / f"{machine}.wav", synthetic_machine_audio(machine, 1, 4.0)[0])
