@@ -280,7 +280,10 @@ DEMO_ALERTS: dict[str, Any] = {
     "on_threshold": 1.0,
     "off_threshold": 0.8,
     "critical_threshold": 2.0,
-    "n_of_m": [3, 5],
+    "n_of_m": None,  # the persistence rule: a sound of burst_seconds can never alarm
+    "burst_seconds": 2.0,
+    "level_shift_db": 4.5,
+    "false_alarms_per_week": None,  # the package's budget (1 a week)
     "clear_windows": 5,
     "min_hold_seconds": 10.0,
     "cooldown_seconds": 30.0,

@@ -127,10 +127,14 @@ def run_replay(
     from monitor.audio.capture import SourceState
     from monitor.config import load_config
     from monitor.daemon.daemon import Daemon
+    from monitor.daemon.wiring import n_of_m
+    from monitor.model.package import Manifest
 
     cfg = load_config(config_path)
     name = cfg.sources[0].name
-    run = ReplayRun(n_of_m=tuple(cfg.alerts.n_of_m))
+    manifest = Manifest.load(cfg.model.package)  # the alert rule in force for its windows
+    win = cfg.windows.window_seconds or manifest.window_seconds
+    run = ReplayRun(n_of_m=n_of_m(cfg, win, cfg.windows.hop_seconds or manifest.hop_seconds))
     daemon = Daemon(cfg, config_path, sinks=[ReplaySink(run, recordings, out)])
     failure: list[BaseException] = []
 

@@ -31,7 +31,8 @@ from monitor import __version__
 from monitor.model.conditions import AlarmRule, calibrate_conditions, default_rule
 from monitor.model.enroll import (
     DEFAULT_MAX_BANK,
-    calibration_scores,
+    cross_validated_scores,
+    recording_folds,
     scorer_spec,
     subsample_bank,
 )
@@ -115,7 +116,11 @@ def _machine_bank(spec: MachineSpec, max_bank: int, rule: AlarmRule):
 
         kept = subsample_bank(x, conds, max_bank, metric=params.get("metric", "euclidean"))
         scorer = scorer_from_spec(name, params).fit(x[kept], [d or None for d in doms[kept]])
-    scores = calibration_scores(scorer, x, kept)
+    # every training clip its own recording: calibrated on clips held out in turn (10 folds)
+    groups = np.arange(len(x), dtype=np.int64)
+    doms_list = [d or None for d in doms.tolist()]
+    folds = recording_folds(groups, conds)
+    scores = cross_validated_scores(name, params, x, doms_list, folds, kept, scorer)
     cal, matched = calibrate_conditions(scores, x, conds.tolist(), rule, bank_rows=kept)
     bank = Bank(
         x[kept],
@@ -127,6 +132,7 @@ def _machine_bank(spec: MachineSpec, max_bank: int, rule: AlarmRule):
         conditions=conds[kept],
         matched=matched[kept],
         levels=None if spec.levels is None else np.asarray(spec.levels, np.float64)[kept],
+        groups=groups[kept],
     )
     return bank, cal
 

@@ -109,15 +109,23 @@ def test_enroll_extends_an_existing_machine_and_recalibrates(pkg_dir, tmp_path):
     assert fan.threshold == pytest.approx(res.threshold) and fan.threshold != pytest.approx(thr0)
     # the calibration is the per-condition fit of the leave-one-out scores of the new bank,
     # each score grouped by the condition of its nearest other reference
+    # (scored with whole recordings held out in turn: each export clip is one, the enrolment
+    # recording another)
     from monitor.model.conditions import calibrate_conditions
 
-    loo = fan.scorer.loo_scores()
+    bank = fan.bank
+    assert bank.groups.tolist() == list(range(n0)) + [n0] * 6
+    folds = en.recording_folds(bank.groups, bank.conditions)
+    assert len(set(folds[bank.groups == n0].tolist())) == 6  # one recording cut to fill folds
+    cv = en.cross_validated_scores(
+        bank.scorer_name, bank.scorer_params, bank.embeddings, bank.domain_list(), folds
+    )
     cal, matched = calibrate_conditions(
-        loo, fan.bank.embeddings, fan.bank.conditions.tolist(), fan.calibration.rule
+        cv, bank.embeddings, bank.conditions.tolist(), fan.calibration.rule
     )
     assert cal.thresholds() == pytest.approx(fan.calibration.thresholds())
-    assert matched.tolist() == fan.bank.matched.tolist()
-    np.testing.assert_allclose(fan.bank.calibration_scores, loo)
+    assert matched.tolist() == bank.matched.tolist()
+    np.testing.assert_allclose(bank.calibration_scores, cv)
     history = ModelPackage.load(pkg_dir).manifest.machines["fan"].history
     assert history[-1]["condition"] == "target" and history[-1]["n_added"] == 6
 

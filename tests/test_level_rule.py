@@ -52,7 +52,7 @@ def test_a_louder_machine_raises_a_level_event_and_no_anomaly(
 ) -> None:
     x = machine_audio("fan", 60, seed=11).astype(np.float32)
     sr = 16000
-    x[20 * sr : 40 * sr] *= 10 ** (2.5 / 20)  # +2.5 dB: within the rule, nothing
+    x[20 * sr : 40 * sr] *= 10 ** (3.0 / 20)  # +3 dB: within the rule, nothing
     x[40 * sr :] *= 10 ** (9.0 / 20)  # +9 dB: a level event
     wav = write_wav(tmp_path / "fan.wav", np.clip(x, -1, 1))
     src = {"name": "fan1", "type": "file", "machine": "fan", "path": str(wav), "realtime": False}
@@ -77,7 +77,7 @@ def test_a_louder_machine_raises_a_level_event_and_no_anomaly(
         level = [e for e in events if e["kind"] == "level"]
         assert [e["type"] for e in level][:1] == ["start"], events
         start = level[0]
-        assert start["time"] > 40.0 + 2.0  # not during the +2.5 dB part
+        assert start["time"] > 40.0 + 2.0  # not during the +3 dB part
         assert 7.0 < start["level_shift_db"] < 11.0 and start["condition"] == "source"
         assert start["threshold"] == pytest.approx(4.5, abs=1.0)
         states = [json.loads(m.payload) for m in got if m.topic == f"{PREFIX}/fan1/state"]

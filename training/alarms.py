@@ -21,6 +21,7 @@ from monitor.model.conditions import (
     ConditionMatcher,
     calibrate_conditions,
 )
+from monitor.model.enroll import cross_validated_scores, recording_folds, scorer_spec
 from monitor.model.package import condition_names
 from training.recipes.base import Recipe
 
@@ -45,13 +46,19 @@ class MachineCalibration:
 def calibrate_machine(
     rec: Recipe, machine: str, domains: list[str | None], rule: AlarmRule
 ) -> MachineCalibration:
-    """Per-condition calibration of a fitted machine type from its leave-one-out scores."""
-    scores = np.asarray(rec.train_scores(machine), dtype=np.float64)
+    """Per-condition calibration of a fitted machine type, from the scores of its training clips
+    held out in turn (`monitor.model.enroll.cross_validated_scores`, as a package does)."""
     emb = getattr(rec, "train_embeddings", {}).get(machine)
-    if emb is None:
+    scorer = getattr(rec, "scorers", {}).get(machine)
+    if emb is None or scorer is None:
+        scores = np.asarray(rec.train_scores(machine), dtype=np.float64)
         pooled = ["source"] * len(scores)
         return MachineCalibration(ConditionCalibration.fit(scores, pooled, rule), None)
     conds = condition_names(np.asarray(["" if d is None else d for d in domains])).tolist()
+    # as a package calibrates (export, enrol): every clip a recording, held out in turn
+    name, params = scorer_spec(scorer)
+    folds = recording_folds(np.arange(len(emb)), np.asarray(conds))
+    scores = cross_validated_scores(name, params, emb, list(domains), folds, None, scorer)
     cal, _ = calibrate_conditions(scores, emb, conds, rule)
     return MachineCalibration(cal, ConditionMatcher(emb, conds))
 
@@ -65,7 +72,10 @@ def alarm_rows(
     domains: list[str | None],
 ) -> list[dict[str, Any]]:
     """Per test domain: normal clips over the threshold (false-positive rate) and anomalies over
-    it (true-positive rate), at the alarm threshold (the budget) and at the DCASE 0.9 one."""
+    it (true-positive rate), at the alarm threshold (the budget) and at the DCASE 0.9 one; and
+    the false alarms per week that the alarm FPR would give under the alert rule the budget was
+    spent on (`AlarmRule.false_alarms_per_week_at`, clips as independent windows: 0 when no
+    normal clip crossed, which bounds it only as far as the number of clips allows)."""
     alarm = cal.normalise(scores, matched) > 1.0
     dcase = cal.normalise(scores, matched, dcase=True) > 1.0
     d = np.asarray([x or "source" for x in domains])
@@ -80,6 +90,7 @@ def alarm_rows(
                 "n_normal": int(normal.sum()),
                 "n_anomaly": int(anomal.sum()),
                 "FPR (alarm)": _share(alarm, normal),
+                "alarms/week (est.)": cal.rule.false_alarms_per_week_at(_share(alarm, normal)),
                 "TPR (alarm)": _share(alarm, anomal),
                 "FPR (DCASE 0.9)": _share(dcase, normal),
                 "TPR (DCASE 0.9)": _share(dcase, anomal),

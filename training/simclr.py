@@ -224,11 +224,17 @@ class _ClipCache:
             for i in range(0, len(waves), chunk)
         ]
         self.logmel = torch.cat(parts)  # [N, M, T]
+        self.to_db = fast.to_db
 
     def crops(self, idx: np.ndarray, starts: np.ndarray, frames: int) -> torch.Tensor:
-        return torch.stack(
+        """Frames of each crop, level-normalised on their own as a window of that length is
+        (the front-end's `PowerToDB`: its floor and level steps, per crop)."""
+        out = torch.stack(
             [self.logmel[i, :, s : s + frames] for i, s in zip(idx, starts, strict=True)]
         )
+        if self.to_db.level_norm:
+            out = out - out.mean(dim=(-2, -1), keepdim=True) + self.to_db.reference_db
+        return out
 
     def wave_crops(self, idx: np.ndarray, starts: np.ndarray, frames: int) -> torch.Tensor:
         """Samples behind log-mel frames [s, s + frames) incl. n_fft // 2 context (reflect pad)."""

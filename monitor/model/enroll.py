@@ -194,6 +194,80 @@ def calibration_scores(scorer: Any, x_all: np.ndarray, kept: np.ndarray) -> np.n
     return out
 
 
+CALIBRATION_FOLDS = 10
+
+
+def recording_folds(
+    groups: np.ndarray, conditions: np.ndarray, folds: int = CALIBRATION_FOLDS
+) -> np.ndarray:
+    """Fold index of each row: whole recordings per fold, every condition in every fold.
+
+    Why not leave-one-out: windows of one recording are near-duplicates of each other, so a
+    window's nearest other reference is usually its neighbour in the same take, and its
+    leave-one-out score says how it differs from its own recording, not how a new recording of
+    the same normal machine scores (what the daemon meets). Measured on SYNTHETIC takes
+    (benchmarks/bench_false_alarms.py): 1.7-6.3 % of held-out normal windows over thresholds
+    from window-wise leave-one-out scores that promised 0.26 %.
+
+    Each condition's recordings (``groups``) are dealt round-robin to ``folds`` folds; a
+    condition with fewer recordings than folds has its recordings cut into contiguous chunks of
+    windows first (rows of a recording are stored in time order), so that it is in every fold
+    and never held out whole.
+    """
+    g = np.asarray(groups)
+    c = np.asarray(conditions)
+    out = np.zeros(len(g), dtype=np.int64)
+    for cond in np.unique(c):
+        rows = np.flatnonzero(c == cond)
+        k = min(folds, len(rows))
+        recs = list(dict.fromkeys(g[rows].tolist()))  # recordings in enrolment order
+        units: list[np.ndarray] = [rows[g[rows] == r] for r in recs]
+        while len(units) < k:  # too few recordings: cut the longest into halves
+            units.sort(key=len)
+            big = units.pop()
+            units += [big[: len(big) // 2], big[len(big) // 2 :]]
+        for i, unit in enumerate(units):
+            out[unit] = i % k
+    return out
+
+
+def cross_validated_scores(
+    name: str,
+    params: dict[str, Any],
+    x_all: np.ndarray,
+    doms: Sequence[str | None],
+    folds: np.ndarray,
+    kept: np.ndarray | None = None,
+    fitted: Scorer | None = None,
+) -> np.ndarray:
+    """Each row scored by the scorer refitted on the bank rows (``kept``) of the OTHER folds:
+    how a new recording scores. The calibration of `enroll`, `sonitor export` and `evaluate`.
+
+    A bank too small to lose a fold (fewer rows than the scorer's K needs) falls back to the
+    leave-one-out scores of ``fitted`` (the scorer on the whole bank), with a warning.
+    """
+    kept = np.arange(len(x_all)) if kept is None else np.asarray(kept)
+    in_bank = np.zeros(len(x_all), bool)
+    in_bank[kept] = True
+    out = np.empty(len(x_all))
+    for f in np.unique(folds):
+        held = folds == f
+        train = np.flatnonzero(in_bank & ~held)
+        try:
+            scorer = scorer_from_spec(name, params).fit(x_all[train], [doms[int(i)] for i in train])
+        except ValueError as exc:
+            if fitted is None:
+                raise
+            log.warning(
+                "%d embeddings are too few to hold recordings out for calibration (%s); "
+                "using leave-one-out scores",
+                len(kept), exc,
+            )  # fmt: skip
+            return calibration_scores(fitted, x_all, kept)
+        out[held] = scorer.score_samples(x_all[held])
+    return out
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
@@ -270,6 +344,7 @@ def _enroll_locked(
     scorer_params: dict[str, Any] | None = None,
     budget: float | None = None,
     levels: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
     origin: str = "",
     action: str = "enroll",
     details: dict[str, Any] | None = None,
@@ -319,6 +394,13 @@ def _enroll_locked(
     if lv_new.shape != (len(new),):
         raise SonitorError(f"{len(lv_new)} levels for {len(new)} enrolment embeddings")
     lv_all = np.concatenate([lv_old, lv_new])
+    # recordings: the new embeddings' own ids (default: one recording), after the old ones
+    g_old = np.zeros(0, np.int64) if created else np.asarray(mm.bank.groups, np.int64)
+    g_new = np.zeros(len(new), np.int64) if groups is None else np.asarray(groups, np.int64)
+    if g_new.shape != (len(new),):
+        raise SonitorError(f"{len(g_new)} recording ids for {len(new)} enrolment embeddings")
+    g_new = g_new - (g_new.min() if g_new.size else 0) + (g_old.max() + 1 if g_old.size else 0)
+    g_all = np.concatenate([g_old, g_new])
     doms: list[str | None] = list(scorer_domains(c_all.tolist()))
     if name.startswith("mahalanobis"):
         # a coreset (which keeps the outskirts) would inflate the covariance: keep every
@@ -329,7 +411,13 @@ def _enroll_locked(
         kept = subsample_bank(x_all, c_all, max_bank, metric=_metric(params), seed=seed)
     hint = f"; enrol more normal audio (one embedding per {pkg.window_seconds:g} s window)"
     fitted = _fit(name, params, x_all[kept], [doms[i] for i in kept], machine, hint)
-    scores = calibration_scores(fitted, x_all, kept)
+    folds = recording_folds(g_all, c_all)
+    try:
+        scores = cross_validated_scores(name, params, x_all, doms, folds, kept, fitted)
+    except (ValueError, PackageError) as exc:
+        raise SonitorError(
+            f"machine {machine!r}: cannot calibrate on recordings held out in turn: {exc}{hint}"
+        ) from None
     cal, matched = _calibrate(scores, x_all, c_all, rule, machine, kept)
 
     sub = None
@@ -337,7 +425,7 @@ def _enroll_locked(
         sub = {"from": int(len(x_all)), "to": int(len(kept)), "threshold_coreset": cal.threshold}
         if measure_subsample:
             full = _fit(name, params, x_all, doms, machine)
-            full_scores = np.asarray(full.loo_scores(), dtype=np.float64)
+            full_scores = cross_validated_scores(name, params, x_all, doms, folds, None, full)
             full_cal, full_matched = _calibrate(full_scores, x_all, c_all, rule, machine)
             sub["spearman_vs_full"] = spearman(full_scores, scores)
             sub["threshold_full"] = float(full_cal.threshold)
@@ -358,6 +446,7 @@ def _enroll_locked(
         conditions=c_all[kept],
         matched=matched[kept],
         levels=lv_all[kept],
+        groups=g_all[kept],
     )
     event = {
         "time": utc_now(),
@@ -488,12 +577,15 @@ def enroll(
     files = collect_audio_files(audio) if audio else []
     if not files and not items:
         raise AudioError("enroll: no audio given")
-    embs, levels = [], []
+    embs: list[np.ndarray] = []
+    levels: list[np.ndarray] = []
+    groups: list[np.ndarray] = []
 
     def add(name: str, wave: np.ndarray) -> None:
         starts, e = embed_waveform(embedder, pkg, wave, name=name, stride_seconds=stride_seconds)
         embs.append(e)
         levels.append(window_levels(wave, starts, pkg.window_seconds, pkg.sample_rate))
+        groups.append(np.full(len(e), len(groups), np.int64))  # one recording per file
 
     for f in progress(files, "enrol: embedding file"):  # on a terminal only
         add(str(f), load(f, pkg.sample_rate))
@@ -508,6 +600,7 @@ def enroll(
         np.concatenate(embs),
         condition,
         levels=np.concatenate(levels),
+        groups=np.concatenate(groups),
         origin=origin,
         **kwargs,
     )

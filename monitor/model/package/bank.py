@@ -44,6 +44,9 @@ class Bank:
     # [N] RMS level (dBFS) of each embedding's window, NaN where unknown: the enrolled level of
     # each condition, against which the daemon's level-shift rule measures
     levels: np.ndarray | None = None
+    # [N] the recording each embedding came from (calibration holds whole recordings out);
+    # a bank written before groups were stored counts every embedding as its own recording
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.conditions is None:
@@ -52,6 +55,8 @@ class Bank:
             self.matched = np.asarray(self.conditions)
         if self.levels is None:
             self.levels = np.full(len(self.embeddings), np.nan)
+        if self.groups is None:
+            self.groups = np.arange(len(self.embeddings), dtype=np.int64)
 
     def level_references(self) -> dict[str, tuple[float, float]]:
         """Condition -> (median level, robust spread) in dB of its enrolled windows; conditions
@@ -86,6 +91,7 @@ class Bank:
             conditions=self.conditions,
             matched=self.matched,
             levels=self.levels,
+            groups=self.groups,
         )
 
 
@@ -106,6 +112,7 @@ def save_bank(
     conditions: Any = None,
     matched: Any = None,
     levels: Any = None,
+    groups: Any = None,
 ) -> None:
     """Write a bank as a pickle-free ``.npz``.
 
@@ -130,6 +137,11 @@ def save_bank(
             if arr.shape != (len(x),):
                 raise ValueError(f"{len(arr)} {key} for {len(x)} embeddings")
             arrays[key] = arr
+    if groups is not None:
+        gr = np.asarray(groups, dtype=np.int64)
+        if gr.shape != (len(x),):
+            raise ValueError(f"{len(gr)} recording ids for {len(x)} embeddings")
+        arrays["groups"] = gr
     if levels is not None:
         lv = np.asarray(levels, dtype=np.float64)
         if lv.shape != (len(x),):
@@ -186,6 +198,11 @@ def load_bank(path: str | Path, where: str = "") -> Bank:
             except ValueError as exc:
                 raise PackageError(f"{name}: {key!r}: {exc}") from None
             conds[key] = arr.astype(str)
+    groups = None
+    if "groups" in data:
+        groups = data["groups"]
+        if groups.shape != (x.shape[0],) or groups.dtype.kind not in "iu":
+            raise PackageError(f"{name}: 'groups' must hold one recording id per embedding")
     levels = None
     if "levels" in data:
         levels = data["levels"]
@@ -203,4 +220,5 @@ def load_bank(path: str | Path, where: str = "") -> Bank:
         conditions=conds.get("conditions"),
         matched=conds.get("matched"),
         levels=None if levels is None else levels.astype(np.float64),
+        groups=None if groups is None else groups.astype(np.int64),
     )
