@@ -22,7 +22,9 @@ false alarms per week. `AlarmRule` turns a budget (``false_alarms_per_week``) an
   = (604800 / window) p^k, and p = (budget window / 604800)^(1/k).
 
 `ConditionCalibration.fit` then finds each condition's threshold for that p from the
-leave-one-out scores of the bank (grouped by the condition each embedding's nearest OTHER
+normal scores of the bank, each from a scorer that did not see its recording
+(`monitor.model.enroll.cross_validated_scores`: whole recordings held out in turn), grouped by
+the condition each embedding's nearest OTHER
 reference belongs to, exactly as a live window is matched):
 
 - each condition's log scores are modelled as normal (a log-normal tail): its mean from its own
@@ -214,7 +216,7 @@ class ConditionStats:
     """One condition's part of a calibration: how many scores, their scale, its thresholds."""
 
     n: int
-    scale: float  # geometric mean of its leave-one-out scores
+    scale: float  # geometric mean of its held-out scores
     sigma: float  # spread of their logs, shrunk towards the pooled spread
     threshold: float  # alarm threshold (raw score) for the calibration's rule
     dcase_threshold: float  # the 0.9-quantile threshold of offline DCASE decisions
@@ -222,7 +224,7 @@ class ConditionStats:
 
 @dataclass(frozen=True)
 class ConditionCalibration:
-    """Per-condition thresholds from leave-one-out scores (``calibration.json``, format 2)."""
+    """Per-condition thresholds from held-out normal scores (``calibration.json``, format 2)."""
 
     conditions: Mapping[str, ConditionStats]
     sigma: float  # pooled std of log(score / condition scale)
@@ -241,7 +243,7 @@ class ConditionCalibration:
         rule: AlarmRule,
         names: Sequence[str] = (),
     ) -> ConditionCalibration:
-        """Fit from leave-one-out scores and the condition each was matched to (live rule).
+        """Fit from held-out normal scores and the condition each was matched to (live rule).
 
         ``names``: every condition of the bank; one that fewer than 2 scores were matched to
         takes the largest scale of the others (it cannot be estimated; too high is safe).
