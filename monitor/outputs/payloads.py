@@ -134,8 +134,8 @@ def health_payload(
 ) -> dict[str, Any]:
     """Payload of ``<prefix>/<source>/health`` (retained): capture liveness of one source.
 
-    ``status`` is a short machine-readable word (``ok``, ``no_frames``, ``silence``,
-    ``clipping``, ``device_missing`` ...), ``detail`` a human sentence.
+    ``status`` is the capture state (`monitor.audio.capture.SourceState`: ``ok``, ``silent``,
+    ``clipping``, ``stalled``, ``missing`` ...), ``detail`` a human sentence.
     """
     return {
         "v": SCHEMA_VERSION,
