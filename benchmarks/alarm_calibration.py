@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.model.conditions import ConditionMatcher, calibrate_conditions, default_rule
-from monitor.model.enroll import cross_validated_scores, recording_folds, scorer_spec
+from monitor.model.conditions import default_rule
 from monitor.model.scoring import scorer_by_name
 from monitor.model.thresholds import calibrate
 from training import dcase_metrics as metrics
+from training.alarms import calibrate_clips
 
 
 def _fit(name: str, x: np.ndarray, domains: list[str]):
@@ -60,12 +60,10 @@ def main() -> None:
         s = sc.score_samples(xt)
         aucs.append({**metrics.machine_scores(y, s, dt.tolist()), "machine": m})
         old = s > calibrate(loo, "gamma", 0.9).threshold
-        # as a package calibrates: every training clip a recording, held out in turn
-        name, params = scorer_spec(sc)
-        folds = recording_folds(np.arange(len(x)), np.asarray(d))
-        cv = cross_validated_scores(name, params, x, d, folds, None, sc)
-        cal, _ = calibrate_conditions(cv, x, d, rule)
-        matched = ConditionMatcher(x, d).match_names(xt)
+        mcal = calibrate_clips(sc, x, d, rule)  # as a package calibrates
+        cal = mcal.calibration
+        assert mcal.matcher is not None
+        matched = mcal.matcher.match_names(xt)
         alarm = cal.normalise(s, matched) > 1
         dcase = cal.normalise(s, matched, dcase=True) > 1
         for dom in ("source", "target"):

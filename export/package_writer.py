@@ -28,16 +28,9 @@ from export.onnx_export import (
 )
 from export.onnx_graph import ExportError
 from monitor import __version__
-from monitor.model.conditions import AlarmRule, calibrate_conditions, default_rule
-from monitor.model.enroll import (
-    DEFAULT_MAX_BANK,
-    cross_validated_scores,
-    recording_folds,
-    scorer_spec,
-    subsample_bank,
-)
+from monitor.model.conditions import AlarmRule, default_rule
+from monitor.model.enroll import DEFAULT_MAX_BANK, build_bank, scorer_spec
 from monitor.model.package import (
-    Bank,
     CalibrationDefaults,
     EncoderSpec,
     FrontendParams,
@@ -106,35 +99,14 @@ def synthetic_parity_clips(n: int, samples: int, sample_rate: int = 16000, seed:
 def _machine_bank(spec: MachineSpec, max_bank: int, rule: AlarmRule):
     """The bank and per-condition calibration of one machine (its DCASE domains are its
     operating conditions; unknown ones are the main condition)."""
-    x = np.asarray(spec.embeddings, dtype=np.float32)
-    doms = np.asarray(["" if d is None else d for d in spec.domains], dtype="<U6")
-    conds = condition_names(doms)
     name, params = scorer_spec(spec.scorer)
-    scorer, kept = spec.scorer, np.arange(len(x))
-    if len(x) > max_bank and not name.startswith("mahalanobis"):  # as monitor.model.enroll does
-        from monitor.model.enroll import scorer_from_spec
-
-        kept = subsample_bank(x, conds, max_bank, metric=params.get("metric", "euclidean"))
-        scorer = scorer_from_spec(name, params).fit(x[kept], [d or None for d in doms[kept]])
+    conds = condition_names(np.asarray(["" if d is None else d for d in spec.domains]))
     # every training clip its own recording: calibrated on clips held out in turn (10 folds)
-    groups = np.arange(len(x), dtype=np.int64)
-    doms_list = [d or None for d in doms.tolist()]
-    folds = recording_folds(groups, conds)
-    scores = cross_validated_scores(name, params, x, doms_list, folds, kept, scorer)
-    cal, matched = calibrate_conditions(scores, x, conds.tolist(), rule, bank_rows=kept)
-    bank = Bank(
-        x[kept],
-        doms[kept],
-        name,
-        params,
-        scorer.to_arrays(),
-        scores[kept],
-        conditions=conds[kept],
-        matched=matched[kept],
-        levels=None if spec.levels is None else np.asarray(spec.levels, np.float64)[kept],
-        groups=groups[kept],
-    )
-    return bank, cal
+    built = build_bank(
+        spec.name, name, params, spec.embeddings, list(spec.domains), conds,
+        np.arange(len(spec.embeddings)), spec.levels, rule, max_bank, fitted=spec.scorer,
+    )  # fmt: skip
+    return built.bank, built.calibration
 
 
 def _check_grid(window_s: float, hop_s: float, sample_rate: int, frame_hop: int | None) -> None:

@@ -54,8 +54,16 @@ def calibrate_machine(
         scores = np.asarray(rec.train_scores(machine), dtype=np.float64)
         pooled = ["source"] * len(scores)
         return MachineCalibration(ConditionCalibration.fit(scores, pooled, rule), None)
+    return calibrate_clips(scorer, emb, domains, rule)
+
+
+def calibrate_clips(
+    scorer: Any, emb: np.ndarray, domains: list[str | None], rule: AlarmRule
+) -> MachineCalibration:
+    """Per-condition calibration of ``scorer``, fitted on the clip embeddings ``emb`` (their
+    DCASE domains are the conditions), as a package calibrates at export and enrolment: every
+    clip a recording, held out in turn."""
     conds = condition_names(np.asarray(["" if d is None else d for d in domains])).tolist()
-    # as a package calibrates (export, enrol): every clip a recording, held out in turn
     name, params = scorer_spec(scorer)
     folds = recording_folds(np.arange(len(emb)), np.asarray(conds))
     scores = cross_validated_scores(name, params, emb, list(domains), folds, None, scorer)

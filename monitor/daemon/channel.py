@@ -372,21 +372,25 @@ class SourceChannel:
             return []
         if skipped == "unhealthy":
             return self.level.set_health(t, False)  # ends an open level event, no alarm
-        ref = self.level_refs.get(self.condition or "")
-        if skipped is not None or ref is None or not math.isfinite(w.level_dbfs):
+        shift, threshold_db = self._level_shift(w.level_dbfs), self._level_threshold()
+        if skipped is not None or shift is None or threshold_db is None:
             return []
-        assert self.settings.level_shift_db is not None
-        threshold_db = max(self.settings.level_shift_db, 4.0 * ref[1])
-        return self.level.step(t, abs(w.level_dbfs - ref[0]) / threshold_db, healthy)
+        return self.level.step(t, abs(shift) / threshold_db, healthy)
+
+    def _level_shift(self, level_dbfs: float) -> float | None:
+        """``level_dbfs`` against the matched condition's enrolled level (None: unknown)."""
+        ref = self.level_refs.get(self.condition or "")
+        if ref is None or not math.isfinite(level_dbfs):
+            return None
+        return level_dbfs - ref[0]
 
     def level_shift_db(self) -> float | None:
         """The last window's level against its condition's enrolled level (None: unknown)."""
-        ref = self.level_refs.get(self.condition or "")
-        if ref is None or self.last is None or not math.isfinite(self.last.level_dbfs):
-            return None
-        return self.last.level_dbfs - ref[0]
+        return None if self.last is None else self._level_shift(self.last.level_dbfs)
 
     def _level_threshold(self) -> float | None:
+        """The level rule's threshold for the matched condition, dB (None: no rule or no
+        enrolled level)."""
         ref = self.level_refs.get(self.condition or "")
         if ref is None or self.settings.level_shift_db is None:
             return None

@@ -37,7 +37,6 @@ from monitor.daemon.channel import ChannelSettings
 from monitor.errors import ConfigError
 from monitor.model.conditions import AlarmRule, ConditionCalibration, persistence_rule
 from monitor.model.package import CalibrationDefaults, ModelPackage
-from monitor.model.package.loaded import Assessment
 from monitor.model.runtime import Embedder, FrameStream
 from monitor.outputs.prometheus import Metrics
 
@@ -284,17 +283,29 @@ class Pipeline:
             return {}
         return self.package.machine(machine).bank.level_references()
 
-    def assess(self, source: str, embeddings: np.ndarray) -> Assessment:
-        """Scores of one source's windows, matched to conditions and normalised (the
-        source's fixed threshold, if configured, for every condition)."""
-        mm = self.package.machine(self.machines[source])
-        cal = self.calibrations.get(source)
-        if isinstance(cal, float):
-            raw = mm.score(embeddings)
-            conds = mm.matcher.match_names(embeddings)
-            thr = np.full(len(raw), cal)
-            return Assessment(raw, conds, thr, raw / thr)
-        return mm.assess(embeddings, cal)
+    def assess(
+        self, sources: list[str], embeddings: np.ndarray
+    ) -> list[tuple[float, float, str] | None]:
+        """(raw score, threshold of the matched condition, condition) of windows of any sources
+        (None: a source whose machine is not in the package). Each machine's scorer and
+        condition matcher run once for all its windows, whatever source they come from; the
+        threshold is then the source's: its calibration (the config's alert rule and budget)
+        or its fixed `sources[].threshold`."""
+        out: list[tuple[float, float, str] | None] = [None] * len(sources)
+        by_machine: dict[str, list[int]] = {}
+        for i, source in enumerate(sources):
+            by_machine.setdefault(self.machines.get(source, ""), []).append(i)
+        for machine, idx in by_machine.items():
+            if machine not in self.package.machines:
+                continue
+            mm = self.package.machine(machine)
+            raw = mm.score(embeddings[idx])
+            names = mm.matcher.match_names(embeddings[idx])
+            for i, r, c in zip(idx, raw.tolist(), names, strict=True):
+                cal = self.calibrations[sources[i]]
+                thr = cal if isinstance(cal, float) else cal.threshold_of(c)
+                out[i] = (r, thr, c)
+        return out
 
     def frames_factory(self) -> Callable[[], FrameStream] | None:
         if not self.embedder.streaming:

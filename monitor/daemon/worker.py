@@ -237,21 +237,13 @@ class InferenceWorker:
         self, pipeline: Pipeline, valid: list[Window]
     ) -> dict[int, tuple[float, float, str]]:
         """(raw score, threshold of the matched condition, condition) by window id: one
-        encoder call, then each source's scorer and calibration."""
+        encoder call, then each machine's scorer once (`Pipeline.assess`)."""
         emb = pipeline.embed(valid, self.metrics)
         if self.acks is not None:
             self._embeddings = {id(w): emb[i] for i, w in enumerate(valid)}
         t0 = time.perf_counter()
-        by_source: dict[str, list[int]] = {}
-        for i, w in enumerate(valid):
-            by_source.setdefault(w.source, []).append(i)
-        out: dict[int, tuple[float, float, str]] = {}
-        for source, idx in by_source.items():
-            if pipeline.machines.get(source) not in pipeline.package.machines:
-                continue
-            a = pipeline.assess(source, emb[idx])
-            for j, i in enumerate(idx):
-                out[id(valid[i])] = (float(a.raw[j]), float(a.thresholds[j]), a.conditions[j])
+        scored = pipeline.assess([w.source for w in valid], emb)
+        out = {id(w): s for w, s in zip(valid, scored, strict=True) if s is not None}
         self.metrics.observe_stage("scoring", (time.perf_counter() - t0) / len(valid))
         return out
 

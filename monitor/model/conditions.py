@@ -259,12 +259,12 @@ class ConditionCalibration:
             raise ValueError(f"scores[{i}] is {s[i]}; every score must be finite and >= 0")
         # an exact duplicate in the bank scores 0; its log must not blow the spread up
         logs = np.log(np.maximum(s, 1e-3 * max(float(np.median(s)), 1e-12)))
-        all_names = [validate_condition_name(c) for c in names]
-        names = sorted(set(conds))
-        code = np.array([names.index(c) for c in conds])
-        groups = [logs[code == i] for i in range(len(names))]
+        bank_names = [validate_condition_name(c) for c in names]
+        seen = sorted(set(conds))  # the conditions that scores were matched to
+        code = np.array([seen.index(c) for c in conds])
+        groups = [logs[code == i] for i in range(len(seen))]
         resid = np.concatenate([g - g.mean() for g in groups])
-        dof = max(len(s) - len(names), 1)
+        dof = max(len(s) - len(seen), 1)
         pooled = float(np.sqrt(np.sum(resid**2) / dof))
         if not pooled > 0:
             raise ValueError(
@@ -272,17 +272,17 @@ class ConditionCalibration:
                 "calibrate on (duplicated or silent recordings?)"
             )
         stats: dict[str, ConditionStats] = {}
-        for c, g in zip(names, groups, strict=True):
+        for c, g in zip(seen, groups, strict=True):
             own = float(np.sum((g - g.mean()) ** 2))
             var = (PRIOR_DOF * pooled**2 + own) / (PRIOR_DOF + len(g) - 1)
             stats[c] = ConditionStats(len(g), float(np.exp(g.mean())), math.sqrt(var), 0.0, 0.0)
         known = [st for st in stats.values() if st.n >= 2] or list(stats.values())
         top = max(known, key=lambda st: st.scale)
-        for c in sorted(set(all_names) | set(names)):
+        for c in sorted(set(bank_names) | set(seen)):
             if c not in stats or stats[c].n < 2:  # cannot be estimated: the highest is safe
                 n = stats[c].n if c in stats else 0
                 stats[c] = ConditionStats(n, top.scale, max(top.sigma, pooled), 0.0, 0.0)
-        tails = {c: tuple(float(v) for v in np.sort(g)) for c, g in zip(names, groups, strict=True)}
+        tails = {c: tuple(float(v) for v in np.sort(g)) for c, g in zip(seen, groups, strict=True)}
         cal = cls(dict(sorted(stats.items())), pooled, rule, tails)
         return cal.with_rule(rule)
 

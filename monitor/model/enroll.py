@@ -402,52 +402,29 @@ def _enroll_locked(
     g_new = g_new - (g_new.min() if g_new.size else 0) + (g_old.max() + 1 if g_old.size else 0)
     g_all = np.concatenate([g_old, g_new])
     doms: list[str | None] = list(scorer_domains(c_all.tolist()))
-    if name.startswith("mahalanobis"):
-        # a coreset (which keeps the outskirts) would inflate the covariance: keep every
-        # embedding (the Gaussian scorers' cost does not grow with N; mahalanobis_knn's grows
-        # linearly, one distance per bank row per window)
-        kept = np.arange(len(x_all))
-    else:
-        kept = subsample_bank(x_all, c_all, max_bank, metric=_metric(params), seed=seed)
     hint = f"; enrol more normal audio (one embedding per {pkg.window_seconds:g} s window)"
-    fitted = _fit(name, params, x_all[kept], [doms[i] for i in kept], machine, hint)
-    folds = recording_folds(g_all, c_all)
-    try:
-        scores = cross_validated_scores(name, params, x_all, doms, folds, kept, fitted)
-    except (ValueError, PackageError) as exc:
-        raise SonitorError(
-            f"machine {machine!r}: cannot calibrate on recordings held out in turn: {exc}{hint}"
-        ) from None
-    cal, matched = _calibrate(scores, x_all, c_all, rule, machine, kept)
+    built = build_bank(
+        machine, name, params, x_all, doms, c_all, g_all, lv_all, rule, max_bank,
+        seed=seed, hint=hint,
+    )  # fmt: skip
+    bank, cal, scores, kept = built.bank, built.calibration, built.scores, built.kept
 
     sub = None
     if len(kept) < len(x_all):
         sub = {"from": int(len(x_all)), "to": int(len(kept)), "threshold_coreset": cal.threshold}
         if measure_subsample:
             full = _fit(name, params, x_all, doms, machine)
-            full_scores = cross_validated_scores(name, params, x_all, doms, folds, None, full)
+            full_scores = cross_validated_scores(name, params, x_all, doms, built.folds, None, full)
             full_cal, full_matched = _calibrate(full_scores, x_all, c_all, rule, machine)
             sub["spearman_vs_full"] = spearman(full_scores, scores)
             sub["threshold_full"] = float(full_cal.threshold)
             sub["decision_agreement"] = float(
                 np.mean(
                     (full_cal.normalise(full_scores, full_matched.tolist()) > 1.0)
-                    == (cal.normalise(scores, matched.tolist()) > 1.0)
+                    == (cal.normalise(scores, built.matched.tolist()) > 1.0)
                 )
             )
 
-    bank = Bank(
-        x_all[kept],
-        np.asarray(doms, dtype="<U6")[kept],
-        name,
-        params,
-        fitted.to_arrays(),
-        scores[kept],
-        conditions=c_all[kept],
-        matched=matched[kept],
-        levels=lv_all[kept],
-        groups=g_all[kept],
-    )
     event = {
         "time": utc_now(),
         "action": action,
@@ -473,6 +450,72 @@ def _enroll_locked(
         model_version=new_version,
         subsample=sub,
     )
+
+
+@dataclass
+class BankBuild:
+    """A machine's bank and thresholds, and how they were made (`build_bank`)."""
+
+    bank: Bank
+    calibration: ConditionCalibration
+    scores: np.ndarray  # [N] held-out calibration score of every candidate embedding
+    matched: np.ndarray  # [N] the condition each was matched to
+    folds: np.ndarray  # [N] its calibration fold
+    kept: np.ndarray  # indices of the candidates the bank keeps
+
+
+def build_bank(
+    machine: str,
+    name: str,
+    params: dict[str, Any],
+    x: np.ndarray,
+    doms: Sequence[str | None],
+    conditions: np.ndarray,
+    groups: np.ndarray,
+    levels: np.ndarray | None,
+    rule: AlarmRule,
+    max_bank: int,
+    *,
+    fitted: Scorer | None = None,
+    seed: int = 0,
+    hint: str = "",
+) -> BankBuild:
+    """Bank and per-condition thresholds of one machine from candidate embeddings: the one path
+    of enrolment and export. Subsample (k-NN scorers: a per-condition coreset beyond
+    ``max_bank``), fit (``fitted``: the scorer already fitted on all of ``x``, reused when
+    nothing was dropped), score every candidate with its recording held out, calibrate.
+    Problems are a SonitorError naming the machine (``hint``: what the user can do)."""
+    x = np.asarray(x, dtype=np.float32)
+    if name.startswith("mahalanobis"):
+        # a coreset (which keeps the outskirts) would inflate the covariance: keep every
+        # embedding (the Gaussian scorers' cost does not grow with N; mahalanobis_knn's grows
+        # linearly, one distance per bank row per window)
+        kept = np.arange(len(x))
+    else:
+        kept = subsample_bank(x, conditions, max_bank, metric=_metric(params), seed=seed)
+    if fitted is None or len(kept) < len(x):
+        fitted = _fit(name, params, x[kept], [doms[int(i)] for i in kept], machine, hint)
+    folds = recording_folds(groups, conditions)
+    try:
+        scores = cross_validated_scores(name, params, x, doms, folds, kept, fitted)
+    except (ValueError, PackageError) as exc:
+        raise SonitorError(
+            f"machine {machine!r}: cannot calibrate on recordings held out in turn: {exc}{hint}"
+        ) from None
+    cal, matched = _calibrate(scores, x, conditions, rule, machine, kept)
+    bank = Bank(
+        x[kept],
+        np.asarray(["" if d is None else d for d in doms], dtype="<U6")[kept],
+        name,
+        params,
+        fitted.to_arrays(),
+        scores[kept],
+        conditions=conditions[kept],
+        matched=matched[kept],
+        levels=None if levels is None else np.asarray(levels, np.float64)[kept],
+        groups=np.asarray(groups, np.int64)[kept],
+    )
+    return BankBuild(bank, cal, scores, matched, folds, kept)
 
 
 def _fit(
