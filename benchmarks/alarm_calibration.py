@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.model.conditions import default_rule
+from monitor.model.conditions import CORRELATION_PRIOR, default_rule
 from monitor.model.scoring import scorer_by_name
 from monitor.model.thresholds import calibrate
 from training import dcase_metrics as metrics
@@ -80,7 +80,11 @@ def main() -> None:
                 "matched own": float(np.mean(np.asarray(matched)[n | a] == dom)),
             }
             rows.append(row)
-    print(f"rule: {json.dumps(rule.to_dict())}, p = {rule.window_exceedance:.3g}")
+    p, p_rho = rule.window_exceedance(), rule.window_exceedance(CORRELATION_PRIOR)
+    print(
+        f"rule: {json.dumps(rule.to_dict())}; per-window p = {p_rho:.3g} at the clips' "
+        f"correlation prior {CORRELATION_PRIOR} ({p:.3g} for independent windows)"
+    )
     print(metrics.to_markdown(rows))
     table = metrics.summary_table(aucs)
     print(metrics.to_markdown(table))

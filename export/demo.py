@@ -36,6 +36,7 @@ import yaml
 from export.demo_replay import Recordings, describe_event, judge, run_replay
 from monitor.audio.frontend import SAMPLE_RATE as SR
 from monitor.audio.io import write_wav
+from monitor.config import AlertsConfig
 from monitor.errors import SonitorError
 
 MACHINES = ("pump", "fan", "gearbox")
@@ -276,20 +277,7 @@ def enroll_unit(package: Path, machine: str, recording: Path) -> Any:
 
 # Alert rules of the demo config: the daemon's defaults (config.example.yaml), written out so
 # that the config shows them. Times are seconds of audio for a file replayed as fast as possible.
-DEMO_ALERTS: dict[str, Any] = {
-    "on_threshold": 1.0,
-    "off_threshold": 0.8,
-    "critical_threshold": 2.0,
-    "n_of_m": None,  # the persistence rule: a sound of burst_seconds can never alarm
-    "burst_seconds": 2.0,
-    "level_shift_db": 4.5,
-    "false_alarms_per_week": None,  # the package's budget (1 a week)
-    "clear_windows": 5,
-    "min_hold_seconds": 10.0,
-    "cooldown_seconds": 30.0,
-    "update_interval_seconds": 60.0,
-    "peak_step": 0.5,
-}
+DEMO_ALERTS: dict[str, Any] = AlertsConfig().model_dump(mode="json")
 
 
 def write_config(

@@ -121,7 +121,7 @@ def test_enroll_extends_an_existing_machine_and_recalibrates(pkg_dir, tmp_path):
         bank.scorer_name, bank.scorer_params, bank.embeddings, bank.domain_list(), folds
     )
     cal, matched = calibrate_conditions(
-        cv, bank.embeddings, bank.conditions.tolist(), fan.calibration.rule
+        cv, bank.embeddings, bank.conditions.tolist(), fan.calibration.rule, recordings=bank.groups
     )
     assert cal.thresholds() == pytest.approx(fan.calibration.thresholds())
     assert matched.tolist() == bank.matched.tolist()

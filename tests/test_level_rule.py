@@ -38,7 +38,8 @@ def test_scores_do_not_move_with_the_level_and_the_bank_knows_its_level(package:
     pkg = ModelPackage.load(package)
     fan = pkg.machine("fan")
     refs = fan.bank.level_references()
-    assert set(refs) == {"source"} and -40 < refs["source"][0] < 0
+    assert set(refs) == {"source"} and -40 < refs["source"].level < 0
+    assert 0.0 < refs["source"].natural_db < 3.0
     x = synthetic_machine_audio("fan", 3, 2.0, seed=77)
     emb = Embedder(pkg)
     base = fan.assess(emb.embed(x)).normalised
@@ -57,7 +58,7 @@ def test_a_louder_machine_raises_a_level_event_and_no_anomaly(
     wav = write_wav(tmp_path / "fan.wav", np.clip(x, -1, 1))
     src = {"name": "fan1", "type": "file", "machine": "fan", "path": str(wav), "realtime": False}
     cfg = write_config(
-        tmp_path / "cfg.yaml", package, [src], broker=broker, alerts={"level_shift_db": 4.5}
+        tmp_path / "cfg.yaml", package, [src], broker=broker, alerts={"level_shift_db": 3.0}
     )
     live = Subscriber(broker, [f"{PREFIX}/#"])
     daemon = DaemonProcess(cfg)
@@ -79,7 +80,8 @@ def test_a_louder_machine_raises_a_level_event_and_no_anomaly(
         start = level[0]
         assert start["time"] > 40.0 + 2.0  # not during the +3 dB part
         assert 7.0 < start["level_shift_db"] < 11.0 and start["condition"] == "source"
-        assert start["threshold"] == pytest.approx(4.5, abs=1.0)
+        ref = ModelPackage.load(package).machine("fan").bank.level_references()["source"]
+        assert start["threshold"] == pytest.approx(ref.threshold_db(3.0), abs=0.01)
         states = [json.loads(m.payload) for m in got if m.topic == f"{PREFIX}/fan1/state"]
         assert states and isinstance(states[-1]["level_shift_db"], float)
     finally:

@@ -82,7 +82,7 @@ def alarm_rows(
     """Per test domain: normal clips over the threshold (false-positive rate) and anomalies over
     it (true-positive rate), at the alarm threshold (the budget) and at the DCASE 0.9 one; and
     the false alarms per week that the alarm FPR would give under the alert rule the budget was
-    spent on (`AlarmRule.false_alarms_per_week_at`, clips as independent windows: 0 when no
+    spent on (`ConditionCalibration.false_alarms_per_week_at`, with its correlation: 0 when no
     normal clip crossed, which bounds it only as far as the number of clips allows)."""
     alarm = cal.normalise(scores, matched) > 1.0
     dcase = cal.normalise(scores, matched, dcase=True) > 1.0
@@ -98,7 +98,7 @@ def alarm_rows(
                 "n_normal": int(normal.sum()),
                 "n_anomaly": int(anomal.sum()),
                 "FPR (alarm)": _share(alarm, normal),
-                "alarms/week (est.)": cal.rule.false_alarms_per_week_at(_share(alarm, normal)),
+                "alarms/week (est.)": cal.false_alarms_per_week_at(_share(alarm, normal)),
                 "TPR (alarm)": _share(alarm, anomal),
                 "FPR (DCASE 0.9)": _share(dcase, normal),
                 "TPR (DCASE 0.9)": _share(dcase, anomal),

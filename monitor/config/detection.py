@@ -83,13 +83,15 @@ class AlertsConfig(Strict):
         "anomaly alarm when n_of_m is null; longer ones delay every alarm by about as much.",
     )
     level_shift_db: float | None = Field(
-        4.5,
+        3.0,
         gt=0.0,
         le=60.0,
         description="Level rule: a `level` event (not an anomaly) when the window level "
-        "differs from the matched condition's enrolled level by more than this many dB (or 4x "
-        "the enrolled spread, if wider), under the same N-of-M, hold and cooldown; the anomaly "
-        "score itself ignores the level. null = off.",
+        "differs from the matched condition's enrolled level by more than this many dB beyond "
+        "the natural take-to-take variation of its enrolled recordings (their 99 % prediction "
+        "bound, typically 1-2 dB), under the same N-of-M, hold and cooldown; a change of this "
+        "size or less alone never raises one. The anomaly score itself ignores the level. "
+        "null = off.",
     )
     false_alarms_per_week: float | None = Field(
         None,

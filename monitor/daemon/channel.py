@@ -38,6 +38,7 @@ from monitor.alerting.machine import AlertEvent, AlertMachine, AlertPolicy, test
 from monitor.audio.capture import ALARM_STATES, CaptureManager, SourceHealth, SourceState
 from monitor.audio.frontend import SAMPLE_RATE
 from monitor.audio.windowing import SourceWindower, Window
+from monitor.model.levels import LevelReference
 from monitor.outputs.payloads import event_payload, health_payload, state_payload
 from monitor.outputs.prometheus import Metrics
 from monitor.outputs.sink import Dispatcher, EventItem, WindowResult
@@ -110,7 +111,7 @@ class ChannelSettings:
     alert_on: str  # "smoothed" or "normalised": which score the alert machine sees
     state_interval_s: float  # minimum interval between state updates (events force one)
     history_s: float  # capture history held per source (clip pre-roll comes from it)
-    level_shift_db: float | None = None  # the level rule's threshold; None: no level events
+    level_shift_db: float | None = None  # level rule: dB beyond natural variation; None: off
 
 
 class SourceChannel:
@@ -144,8 +145,8 @@ class SourceChannel:
         self.threshold: float | None = None  # of the condition last matched, for event payloads
         self.condition: str | None = None  # the operating condition the last window matched
         self.model_version: str | None = None
-        # condition -> (enrolled level dBFS, its spread dB): the level rule's reference
-        self.level_refs: dict[str, tuple[float, float]] = {}
+        # condition -> its enrolled level and natural variation: the level rule's reference
+        self.level_refs: dict[str, LevelReference] = {}
         self.recorder: ClipRecorder | None = None
         self._reset_alerts(settings, realtime)
 
@@ -273,7 +274,7 @@ class SourceChannel:
         self,
         threshold: float | None,
         model_version: str,
-        level_refs: dict[str, tuple[float, float]] | None = None,
+        level_refs: dict[str, LevelReference] | None = None,
     ) -> None:
         """The threshold and model version event payloads name (the current package's); the
         condition is learnt again from the next scored window."""
@@ -367,7 +368,8 @@ class SourceChannel:
         self, t: float, w: Window, skipped: str | None, healthy: bool
     ) -> list[AlertEvent]:
         """The level rule: |window level - the matched condition's enrolled level| over its
-        threshold (`level_shift_db`, or 4x the enrolled spread if wider) as a normalised score."""
+        threshold (`level_shift_db` beyond the enrolled takes' natural variation) as a
+        normalised score."""
         if self.level is None:
             return []
         if skipped == "unhealthy":
@@ -382,7 +384,7 @@ class SourceChannel:
         ref = self.level_refs.get(self.condition or "")
         if ref is None or not math.isfinite(level_dbfs):
             return None
-        return level_dbfs - ref[0]
+        return level_dbfs - ref.level
 
     def level_shift_db(self) -> float | None:
         """The last window's level against its condition's enrolled level (None: unknown)."""
@@ -394,7 +396,7 @@ class SourceChannel:
         ref = self.level_refs.get(self.condition or "")
         if ref is None or self.settings.level_shift_db is None:
             return None
-        return max(self.settings.level_shift_db, 4.0 * ref[1])
+        return ref.threshold_db(self.settings.level_shift_db)
 
     def _machines(self) -> list[AlertMachine]:
         return [self.alert] + ([self.level] if self.level is not None else [])

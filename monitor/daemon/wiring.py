@@ -36,6 +36,7 @@ from monitor.config import Config, DeviceSource, FileSource
 from monitor.daemon.channel import ChannelSettings
 from monitor.errors import ConfigError
 from monitor.model.conditions import AlarmRule, ConditionCalibration, persistence_rule
+from monitor.model.levels import LevelReference
 from monitor.model.package import CalibrationDefaults, ModelPackage
 from monitor.model.runtime import Embedder, FrameStream
 from monitor.outputs.prometheus import Metrics
@@ -275,9 +276,9 @@ class Pipeline:
                 calibrations[src.name], thresholds[src.name] = cal, cal.threshold
         return cls(pkg, embedder, window, hop, thresholds, machines, calibrations)
 
-    def level_refs(self, source: str) -> dict[str, tuple[float, float]]:
-        """Condition -> (enrolled level dBFS, spread dB) of the source's machine (the level
-        rule's reference; empty for a package without stored levels)."""
+    def level_refs(self, source: str) -> dict[str, LevelReference]:
+        """Condition -> enrolled level and natural variation of the source's machine (the
+        level rule's reference; empty for a package without stored levels)."""
         machine = self.machines.get(source)
         if machine not in self.package.machines:
             return {}

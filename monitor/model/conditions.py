@@ -18,8 +18,22 @@ false alarms per week. `AlarmRule` turns a budget (``false_alarms_per_week``) an
   the conservative end, it gives fewer chances to need) and windows a full window apart as
   independent, so N windows spanning (N - 1) hops hold k = 1 + floor((N - 1) hop / window)
   independent observations, and a false alarm needs k of them above the threshold in a row;
+- windows of one recording are NOT independent even a window length apart: the state of the
+  machine (and of its surroundings) that a take was recorded in moves all its scores together.
+  Measured on log scores, between windows of one recording that share no audio (4 s windows
+  4 hops apart): REAL MIMII ID 00, 30 held-out clips: rho = 0.80 (49 pairs); the SYNTHETIC
+  pump streams of the false-alarm benchmark: 0.36. With rho, the k observations are an
+  equicorrelated Gaussian (one shared take effect), and a false alarm needs all k above the
+  threshold: P = E_z[Phi_bar((t - sqrt(rho) z) / sqrt(1 - rho))^k];
 - a week holds 604800 / window such observations, so expected false alarms per week
-  = (604800 / window) p^k, and p = (budget window / 604800)^(1/k).
+  = (604800 / window) P, and t (p = Phi_bar(t)) solves P = budget window / 604800: for rho = 0
+  p = (budget window / 604800)^(1/k); for rho -> 1, p -> budget window / 604800 (the rule's
+  persistence buys nothing against a whole take that sounds unusual).
+
+rho comes from the calibration scores themselves where recordings with several windows are
+there (`within_recording_correlation`: windows one window length apart, `sonitor enroll`),
+else `CORRELATION_PRIOR` (near the REAL measurement above; clips of one window each cannot
+tell).
 
 `ConditionCalibration.fit` then finds each condition's threshold for that p from the
 normal scores of the bank, each from a scorer that did not see its recording
@@ -35,8 +49,10 @@ reference belongs to, exactly as a live window is matched):
   set measured (s_c 0.37-0.59 against 0.25-0.37 in log units), hence not the pooled one alone;
 - threshold_c = exp(mean_c + t_(nu)(1 - p) sigma_c sqrt(1 + 1/n_c)): the upper prediction
   bound of one new score (Student t with nu = nu0 + n_c - 1 degrees of freedom). What a small
-  condition pays for being small: for p = 0.004, t = 3.4 and sqrt(1 + 1/n) = 1.05 at n = 10
-  against 2.7 and 1.00 at n = 300 (a threshold about 1.3x higher at sigma 0.4);
+  condition pays for being small: for p = 1.2e-4 (10 s windows every 1 s, rho = 0.75),
+  t = 4.5 and sqrt(1 + 1/n) = 1.05 at n = 10 against 3.7 and 1.00 at n = 300 (a threshold
+  about 1.5x higher at sigma 0.4). Where the small condition truly spreads 1.5x more than the
+  large one, the shrunk spread lets it exceed about 4.5x as often as p (tests/test_conditions.py);
 - never below the empirical (1 - p) quantile of the condition's own scores where there are
   enough of them (n p >= 5) to know it: a tail heavier than log-normal raises the threshold.
 
@@ -53,6 +69,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy.optimize import brentq
+from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from monitor.errors import PackageError
@@ -74,6 +92,11 @@ DEFAULT_BURST_SECONDS = 2.0  # a foreign sound up to this long never raises an a
 DEFAULT_CONDITION = "source"  # the condition of embeddings enrolled without a name
 DCASE_Q = 0.9  # the DCASE baseline's decision quantile (offline decision files)
 PRIOR_DOF = 10.0  # weight, in scores, of the pooled spread in each condition's spread
+# window-to-window correlation of log scores within one recording where the calibration cannot
+# measure it (REAL MIMII ID 00: 0.80, see above)
+CORRELATION_PRIOR = 0.75
+_MAX_CORRELATION = 0.99
+CORRELATION_PRIOR_PAIRS = 10.0  # weight of the prior, in window pairs, against the measured one
 _MIN_TAIL_COUNT = 5  # the empirical quantile is trusted with n p >= this many scores above it
 _CONDITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
@@ -130,15 +153,23 @@ class AlarmRule:
         span = (self.n_above - 1) * self.hop_seconds
         return 1 + int(math.floor(span / self.window_seconds + 1e-9))
 
-    @property
-    def window_exceedance(self) -> float:
-        """p: the probability of one normal window above the threshold that meets the budget."""
+    def window_exceedance(self, correlation: float = 0.0) -> float:
+        """p: the probability of one normal window above the threshold that meets the budget,
+        for a window-to-window ``correlation`` of log scores within one recording."""
         per_observation = self.false_alarms_per_week * self.window_seconds / WEEK_SECONDS
-        return min(per_observation ** (1.0 / self.independent_windows), 0.5)
+        k, rho = self.independent_windows, _check_correlation(correlation)
+        if k == 1 or rho == 0.0:
+            return min(per_observation ** (1.0 / k), 0.5)
+        if _all_exceed(0.0, rho, k) <= per_observation:
+            return 0.5
+        t = brentq(lambda t: _all_exceed(t, rho, k) - per_observation, 0.0, 40.0, xtol=1e-10)
+        return float(norm.sf(t))
 
-    def false_alarms_per_week_at(self, p: float) -> float:
+    def false_alarms_per_week_at(self, p: float, correlation: float = 0.0) -> float:
         """The inverse: expected false alarm starts per week if a window exceeds with ``p``."""
-        return WEEK_SECONDS / self.window_seconds * p**self.independent_windows
+        k, rho = self.independent_windows, _check_correlation(correlation)
+        per_observation = p**k if rho == 0.0 else _all_exceed(float(norm.isf(p)), rho, k)
+        return WEEK_SECONDS / self.window_seconds * per_observation
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +194,69 @@ class AlarmRule:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PackageError(f"{where}: bad 'rule' {dict(d)!r} ({exc})") from None
+
+
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(96)
+_GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
+
+
+def _all_exceed(t: float, rho: float, k: int) -> float:
+    """P(all k standard normals > t) when they share a common factor: correlation ``rho``."""
+    if k == 1 or rho == 0.0:
+        return float(norm.sf(t)) ** k
+    cond = norm.sf((t - math.sqrt(rho) * _GH_NODES) / math.sqrt(1.0 - rho))
+    return float(np.sum(_GH_WEIGHTS * cond**k))
+
+
+def _check_correlation(rho: float) -> float:
+    if not (math.isfinite(rho) and 0.0 <= rho <= _MAX_CORRELATION):
+        raise ValueError(f"correlation must be in [0, {_MAX_CORRELATION}]; got {rho!r}")
+    return float(rho)
+
+
+def within_recording_correlation(
+    logs: ArrayLike, recordings: ArrayLike, conditions: Sequence[str], lag: int = 1
+) -> tuple[float, int]:
+    """Correlation of the log scores of two windows of one recording ``lag`` rows apart,
+    relative to the spread of their condition: the take effect the alert rule cannot average
+    out. Each recording's rows must be in time order; enrolment cuts windows that share no
+    audio (`embed_waveform`'s default stride is the window), so one row apart is one window
+    length apart, the distance the rule's k windows have (acknowledged windows overlap and
+    overstate it: the safe side). Returns (correlation, number of pairs); (0.0, 0) when there
+    is no pair (clips of one window each).
+
+    Why not a one-way analysis of variance over recordings: an enrolment recording of several
+    minutes holds the machine's slow drift, so its windows differ as much as separate clips
+    do, while the windows the alert rule needs together are seconds apart (on the benchmark's
+    package: 0.0 that way; at one window length 0.36 on its held-out streams).
+    """
+    x = np.array(logs, dtype=np.float64)  # a copy: centred in place below
+    rec = np.asarray(recordings)
+    conds = np.asarray(list(conditions), dtype=str)
+    if x.shape != rec.shape or x.shape != conds.shape or lag < 1:
+        raise ValueError(f"{x.shape} scores, {rec.shape} recordings, {conds.shape} conditions")
+    for c in np.unique(conds):
+        x[conds == c] -= x[conds == c].mean()
+    var = float(np.mean(x**2))
+    first, second = [], []
+    for r in np.unique(rec):
+        idx = np.flatnonzero(rec == r)
+        if idx.size > lag:
+            first.append(x[idx[:-lag]])
+            second.append(x[idx[lag:]])
+    n_pairs = sum(len(a) for a in first)
+    if n_pairs == 0 or not var > 0:
+        return 0.0, 0
+    cov = float(np.sum(np.concatenate(first) * np.concatenate(second))) / n_pairs
+    return float(min(max(cov / var, 0.0), _MAX_CORRELATION)), n_pairs
+
+
+def shrunk_correlation(measured: float, pairs: int) -> float:
+    """The measured correlation shrunk towards `CORRELATION_PRIOR` with the weight of
+    `CORRELATION_PRIOR_PAIRS` pairs: a 5-minute enrolment of 10 s windows (29 pairs) counts
+    about three times the prior; clips of one window each give the prior."""
+    w = pairs / (pairs + CORRELATION_PRIOR_PAIRS)
+    return float(w * measured + (1.0 - w) * CORRELATION_PRIOR)
 
 
 class ConditionMatcher:
@@ -232,6 +326,10 @@ class ConditionCalibration:
     tails: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # sorted log scores
     legacy_threshold: float | None = None  # a format-1 package: one threshold, no conditions
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # window-to-window correlation of log scores within a recording (`shrunk_correlation`) and
+    # the window pairs that measured it (0: the prior alone)
+    correlation: float = CORRELATION_PRIOR
+    correlation_pairs: int = 0
 
     # ----------------------------------------------------------------- fitting
 
@@ -242,11 +340,14 @@ class ConditionCalibration:
         conditions: Sequence[str],
         rule: AlarmRule,
         names: Sequence[str] = (),
+        recordings: ArrayLike | None = None,
     ) -> ConditionCalibration:
         """Fit from held-out normal scores and the condition each was matched to (live rule).
 
         ``names``: every condition of the bank; one that fewer than 2 scores were matched to
         takes the largest scale of the others (it cannot be estimated; too high is safe).
+        ``recordings``: the recording each score's window came from (default: every score its
+        own), for the within-recording correlation.
         """
         s = np.asarray(scores, dtype=np.float64)
         conds = list(conditions)
@@ -283,7 +384,16 @@ class ConditionCalibration:
                 n = stats[c].n if c in stats else 0
                 stats[c] = ConditionStats(n, top.scale, max(top.sigma, pooled), 0.0, 0.0)
         tails = {c: tuple(float(v) for v in np.sort(g)) for c, g in zip(seen, groups, strict=True)}
-        cal = cls(dict(sorted(stats.items())), pooled, rule, tails)
+        rec = np.arange(len(s)) if recordings is None else np.asarray(recordings)
+        measured, pairs = within_recording_correlation(logs, rec, conds)
+        cal = cls(
+            dict(sorted(stats.items())),
+            pooled,
+            rule,
+            tails,
+            correlation=shrunk_correlation(measured, pairs),
+            correlation_pairs=pairs,
+        )
         return cal.with_rule(rule)
 
     def _threshold(self, c: str, p: float) -> float:
@@ -301,7 +411,7 @@ class ConditionCalibration:
         """The same fit, thresholds recomputed for another budget or alert rule."""
         if self.legacy_threshold is not None:
             return replace(self, rule=rule)
-        p = rule.window_exceedance
+        p = rule.window_exceedance(self.correlation)
         stats = {
             c: replace(
                 st,
@@ -344,7 +454,13 @@ class ConditionCalibration:
         return s / np.array([thr.get(c, low) for c in conditions], dtype=np.float64)
 
     def expected_false_alarms_per_week(self) -> float:
-        return self.rule.false_alarms_per_week_at(self.rule.window_exceedance)
+        return self.rule.false_alarms_per_week_at(
+            self.rule.window_exceedance(self.correlation), self.correlation
+        )
+
+    def false_alarms_per_week_at(self, p: float) -> float:
+        """Expected false alarm starts per week if a normal window exceeds with ``p``."""
+        return self.rule.false_alarms_per_week_at(p, self.correlation)
 
     # ----------------------------------------------------------------- JSON
 
@@ -357,7 +473,9 @@ class ConditionCalibration:
             "method": "conditions-lognormal-t",
             "sigma": self.sigma,
             "rule": self.rule.to_dict(),
-            "window_exceedance": self.rule.window_exceedance,
+            "window_exceedance": self.rule.window_exceedance(self.correlation),
+            "correlation": self.correlation,
+            "correlation_pairs": self.correlation_pairs,
             "conditions": {
                 c: {
                     "n": st.n,
@@ -387,7 +505,17 @@ class ConditionCalibration:
                 for c in legacy_conditions
             }
             return cls(stats, 0.0, AlarmRule(), {}, old.threshold, dict(d))
-        known = {"format", "method", "sigma", "rule", "window_exceedance", "conditions", "tails"}
+        known = {
+            "format",
+            "method",
+            "sigma",
+            "rule",
+            "window_exceedance",
+            "conditions",
+            "tails",
+            "correlation",
+            "correlation_pairs",
+        }
         conds = d.get("conditions")
         if not isinstance(conds, Mapping) or not conds:
             raise PackageError(f"{where}: 'conditions' must be a non-empty object")
@@ -414,13 +542,27 @@ class ConditionCalibration:
         )
         if not ok:
             raise PackageError(f"{where}: 'tails' must map conditions to lists of finite numbers")
-        return cls(
+        # a calibration written before the correlation was measured: the conservative prior
+        rho = d.get("correlation", CORRELATION_PRIOR)
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)):
+            raise PackageError(f"{where}: 'correlation' must be a number; got {rho!r}")
+        try:
+            _check_correlation(float(rho))
+        except ValueError as exc:
+            raise PackageError(f"{where}: {exc}") from None
+        pairs = d.get("correlation_pairs", 0)
+        if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 0:
+            raise PackageError(f"{where}: 'correlation_pairs' must be a count; got {pairs!r}")
+        cal = cls(
             stats,
             float(sigma),
             AlarmRule.from_dict(d.get("rule"), where),
             {str(c): tuple(float(x) for x in v) for c, v in tails.items()},
             extra={k: v for k, v in d.items() if k not in known},
+            correlation=float(rho),
+            correlation_pairs=pairs,
         )
+        return cal if "correlation" in d else cal.with_rule(cal.rule)
 
 
 def _pos(d: Mapping[str, Any], key: str) -> float:
@@ -460,12 +602,13 @@ def calibrate_conditions(
     rule: AlarmRule,
     *,
     bank_rows: ArrayLike | None = None,
+    recordings: ArrayLike | None = None,
 ) -> tuple[ConditionCalibration, np.ndarray]:
     """Per-condition calibration from normal scores, and the condition each was matched to.
 
     ``embeddings``/``conditions``: every scored embedding; ``bank_rows``: which of them the
     bank keeps (default all): those are matched by their nearest OTHER bank row, the rest as
-    live windows are.
+    live windows are; ``recordings``: the recording of each (default: each its own).
     """
     x = np.asarray(embeddings, dtype=np.float32)
     conds = np.asarray(list(conditions), dtype=str)
@@ -477,5 +620,7 @@ def calibrate_conditions(
     if rest.size:
         codes[rest] = matcher.match(x[rest])
     matched = np.asarray([matcher.names[i] for i in codes], dtype=str)
-    cal = ConditionCalibration.fit(scores, matched.tolist(), rule, names=matcher.names)
+    cal = ConditionCalibration.fit(
+        scores, matched.tolist(), rule, names=matcher.names, recordings=recordings
+    )
     return cal, matched

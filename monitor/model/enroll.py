@@ -415,7 +415,9 @@ def _enroll_locked(
         if measure_subsample:
             full = _fit(name, params, x_all, doms, machine)
             full_scores = cross_validated_scores(name, params, x_all, doms, built.folds, None, full)
-            full_cal, full_matched = _calibrate(full_scores, x_all, c_all, rule, machine)
+            full_cal, full_matched = _calibrate(
+                full_scores, x_all, c_all, rule, machine, groups=g_all
+            )
             sub["spearman_vs_full"] = spearman(full_scores, scores)
             sub["threshold_full"] = float(full_cal.threshold)
             sub["decision_agreement"] = float(
@@ -502,7 +504,7 @@ def build_bank(
         raise SonitorError(
             f"machine {machine!r}: cannot calibrate on recordings held out in turn: {exc}{hint}"
         ) from None
-    cal, matched = _calibrate(scores, x, conditions, rule, machine, kept)
+    cal, matched = _calibrate(scores, x, conditions, rule, machine, kept, groups)
     bank = Bank(
         x[kept],
         np.asarray(["" if d is None else d for d in doms], dtype="<U6")[kept],
@@ -536,9 +538,12 @@ def _calibrate(
     rule: AlarmRule,
     machine: str,
     kept: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[ConditionCalibration, np.ndarray]:
     try:
-        return calibrate_conditions(scores, x, conditions.tolist(), rule, bank_rows=kept)
+        return calibrate_conditions(
+            scores, x, conditions.tolist(), rule, bank_rows=kept, recordings=groups
+        )
     except ValueError as exc:
         raise SonitorError(f"machine {machine!r}: cannot calibrate the threshold: {exc}") from None
 

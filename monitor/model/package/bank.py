@@ -17,6 +17,7 @@ import numpy as np
 
 from monitor.errors import PackageError
 from monitor.model.conditions import validate_condition_name
+from monitor.model.levels import LevelReference, level_reference
 
 _SCORER_PREFIX = "scorer__"  # scorer arrays are stored under this prefix beside the bank's own
 _DOMAINS = ("source", "target", "")  # "" = unknown
@@ -58,17 +59,16 @@ class Bank:
         if self.groups is None:
             self.groups = np.arange(len(self.embeddings), dtype=np.int64)
 
-    def level_references(self) -> dict[str, tuple[float, float]]:
-        """Condition -> (median level, robust spread) in dB of its enrolled windows; conditions
-        without known levels are left out (a package from before levels were stored)."""
+    def level_references(self) -> dict[str, LevelReference]:
+        """Condition -> its enrolled level and natural variation (`monitor.model.levels`);
+        conditions without known levels are left out (a package from before levels were stored)."""
         out = {}
-        levels = np.asarray(self.levels, dtype=np.float64)
         conds = np.asarray(self.conditions)
         for c in np.unique(conds).tolist():
-            v = levels[(conds == c) & np.isfinite(levels)]
-            if v.size >= 3:
-                med = float(np.median(v))
-                out[str(c)] = (med, float(1.4826 * np.median(np.abs(v - med))))
+            m = conds == c
+            ref = level_reference(np.asarray(self.levels)[m], np.asarray(self.groups)[m])
+            if ref is not None:
+                out[str(c)] = ref
         return out
 
     @property
