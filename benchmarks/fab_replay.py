@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -409,10 +409,17 @@ class Setting:
 
     label: str
     alerts: dict[str, Any]
+    # thresholds as if windows of one recording had this correlation (None: the package's);
+    # 0.0 is the calibration before the correlation was measured (independent windows)
+    correlation: float | None = None
 
 
 def resimulate(
-    trial: TrialRun, package: Path, alerts: dict[str, Any], workdir: Path
+    trial: TrialRun,
+    package: Path,
+    alerts: dict[str, Any],
+    workdir: Path,
+    correlation: float | None = None,
 ) -> tuple[dict[str, list[Start]], tuple[int, int], dict[str, dict[str, float]]]:
     """Anomaly starts per stream under other ``alerts:`` settings, from the recorded raw scores.
 
@@ -437,6 +444,8 @@ def resimulate(
     out, thr_all = {}, {}
     for name, run in trial.runs.items():
         cal = pipe.calibrations[name]
+        if correlation is not None and isinstance(cal, ConditionCalibration):
+            cal = replace(cal, correlation=correlation).with_rule(cal.rule)
         thr = cal.thresholds() if isinstance(cal, ConditionCalibration) else {}
         thr_all[name] = thr
         machine = AlertMachine(name, policy)

@@ -175,7 +175,7 @@ def sweep_table(
     ]
     checks = {}
     for k, st in enumerate(settings):
-        sim, nm, _ = resimulate(trial, package, st.alerts, workdir / f"resim-{k}")
+        sim, nm, _ = resimulate(trial, package, st.alerts, workdir / f"resim-{k}", st.correlation)
         how = "re-simulated"
         res = results(trial, sim, nm)
         if st.label in replayed:
