@@ -15,9 +15,10 @@ ID 00 (75 normal clips: 45 train the package, the other 30 are 5 minutes of held
 one REAL anomalous clip looped into a sustained fault) and ESC-50 pieces for the bursts. Without
 ``../shared/data`` the REAL rows are skipped (said in the output).
 
-The package (default recipe `auto` = `simclr`, trained on SYNTHETIC + REAL clips with a budget of
-~10 minutes on one core, the unit enrolled in both conditions) and the streams are cached in
-``--out``; a rerun only replays (``--rebuild`` trains again, e.g. after the export code changed).
+The package (default recipe `auto` = `simclr`, trained on SYNTHETIC + REAL clips with the
+recipe's own step budget, about 7 minutes on one core, the unit enrolled in both conditions)
+and the streams are cached in ``--out``; a rerun only replays (``--rebuild`` trains again,
+e.g. after the export code changed).
 Two daemon replays: the default alert rule (``n_of_m: null``, the persistence rule) and
 ``n_of_m: [3, 5]``. Further settings (N of M, burst length, budget) are re-simulated from the
 first replay's recorded raw scores with the daemon's own thresholds and alert state machine; the
@@ -71,8 +72,8 @@ FULL = Plan(
         real_train=45,
         clip_seconds=4.0,
         hop_seconds=1.024,
-        steps=150,
-        batch_size=32,
+        steps=200,  # the recipe's own budget for this many clips (training.simclr.step_budget)
+        batch_size=48,
         crop_seconds=2.0,
         enroll_seconds=300.0,
     ),

@@ -1,12 +1,13 @@
 """The model package of the false-alarm benchmark: trained once, enrolled, cached.
 
 The same calls as `sonitor export --data` and `sonitor demo` (`training.fit.fit_recipe` with the
-default recipe `simclr`, `export.package_writer.build_package`), with a step budget that fits
-~10 minutes on one CPU core, then `monitor.model.enroll.enroll` (`sonitor enroll`) of the
-monitored SYNTHETIC unit's own normal sound in both of its conditions (`--condition source`,
-`--condition target`), from takes that no stream replays. Training data: a SYNTHETIC DCASE set of
-one machine type (its `train/` source clips and a few target clips) and, when ``../shared/data``
-is there, the REAL MIMII ID 00 training split as a second machine type.
+default recipe `simclr`, `export.package_writer.build_package`), with the recipe's own step
+budget for this many clips (about 7 minutes on one CPU core), then
+`monitor.model.enroll.enroll` (`sonitor enroll`) of the monitored SYNTHETIC unit's own normal
+sound in both of its conditions (`--condition source`, `--condition target`), from takes that
+no stream replays. Training data: a SYNTHETIC DCASE set of one machine type (its `train/` source
+clips and a few target clips) and, when ``../shared/data`` is there, the REAL MIMII ID 00
+training split as a second machine type.
 """
 
 from __future__ import annotations
