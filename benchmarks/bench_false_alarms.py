@@ -144,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant-hours", type=float, help="hours of each gain / burst variant")
     p.add_argument("--machine", default="pump", help="SYNTHETIC machine type (default pump)")
     p.add_argument(
+        "--window-seconds",
+        type=float,
+        help="analysis window = training clip length (default 4; 10 is the daemon's default "
+        "for 10 s DCASE clips, about twice the replay time)",
+    )
+    p.add_argument(
         "--results",
         type=Path,
         help="markdown results file (default "
@@ -162,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant_hours:
         sp = replace(sp, variant_hours=args.variant_hours)
     plan = replace(plan, streams=sp)
+    if args.window_seconds:
+        plan = replace(plan, train=replace(plan.train, clip_seconds=args.window_seconds))
     out = args.out or REPO / ("bench-out/false-alarms" + ("-quick" if args.quick else ""))
     results = args.results or (None if args.quick else REPO / "benchmarks/results/false_alarms.md")
     shared = None if args.no_real else fa.shared_dir(args.shared)

@@ -220,10 +220,11 @@ def within_recording_correlation(
     """Correlation of the log scores of two windows of one recording ``lag`` rows apart,
     relative to the spread of their condition: the take effect the alert rule cannot average
     out. Each recording's rows must be in time order; enrolment cuts windows that share no
-    audio (`embed_waveform`'s default stride is the window), so one row apart is one window
-    length apart, the distance the rule's k windows have (acknowledged windows overlap and
-    overstate it: the safe side). Returns (correlation, number of pairs); (0.0, 0) when there
-    is no pair (clips of one window each).
+    audio (`embed_waveform`'s default stride is the window; acknowledged events keep windows
+    one window length apart, `monitor.daemon.acks`), so one row apart is one window length
+    apart, the distance the rule's k windows have (a smaller ``--stride-seconds`` overlaps
+    windows and overstates it: the safe side). Returns (correlation, number of pairs); (0.0, 0)
+    when there is no pair (clips of one window each).
 
     Why not a one-way analysis of variance over recordings: an enrolment recording of several
     minutes holds the machine's slow drift, so its windows differ as much as separate clips
@@ -238,16 +239,13 @@ def within_recording_correlation(
     for c in np.unique(conds):
         x[conds == c] -= x[conds == c].mean()
     var = float(np.mean(x**2))
-    first, second = [], []
-    for r in np.unique(rec):
-        idx = np.flatnonzero(rec == r)
-        if idx.size > lag:
-            first.append(x[idx[:-lag]])
-            second.append(x[idx[lag:]])
-    n_pairs = sum(len(a) for a in first)
+    order = np.argsort(rec, kind="stable")  # each recording's rows together, in time order
+    rec, x = rec[order], x[order]
+    same = rec[lag:] == rec[:-lag]  # row i and row i + lag belong to one recording
+    n_pairs = int(np.sum(same))
     if n_pairs == 0 or not var > 0:
         return 0.0, 0
-    cov = float(np.sum(np.concatenate(first) * np.concatenate(second))) / n_pairs
+    cov = float(np.sum(x[:-lag][same] * x[lag:][same])) / n_pairs
     return float(min(max(cov / var, 0.0), _MAX_CORRELATION)), n_pairs
 
 
