@@ -168,7 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant_hours:
         sp = replace(sp, variant_hours=args.variant_hours)
     plan = replace(plan, streams=sp)
-    if args.window_seconds:
+    if args.window_seconds:  # on the recipe's frame grid, checked before any training
+        from monitor.audio.frontend import SAMPLE_RATE
+        from training.recipes.registry import recipe_class
+
+        hop = recipe_class("simclr").frame_hop
+        n = int(round(args.window_seconds * SAMPLE_RATE))
+        if n <= 0 or n % hop:
+            k = max(1, n // hop)
+            p.error(
+                f"--window-seconds {args.window_seconds:g} is not a whole number of the "
+                f"{hop}-sample frame hop: use e.g. {k * hop / SAMPLE_RATE:g}"
+            )
         plan = replace(plan, train=replace(plan.train, clip_seconds=args.window_seconds))
     out = args.out or REPO / ("bench-out/false-alarms" + ("-quick" if args.quick else ""))
     results = args.results or (None if args.quick else REPO / "benchmarks/results/false_alarms.md")
