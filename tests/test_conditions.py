@@ -242,6 +242,10 @@ def test_conditions_round_trip_through_the_package(base, tmp_path):
     # the enrolled recording has many windows: the window-to-window correlation is measured
     assert fan.calibration.correlation_pairs >= 14  # 15 windows of 2 s
     assert fan.calibration.correlation != CORRELATION_PRIOR
+    pairs = fan.calibration.correlation_pairs
+    assert f"window-to-window correlation {res.correlation:.2f} ({pairs} window pairs)" in (
+        res.summary()
+    )
     assert res.threshold == pytest.approx(fan.threshold)
     # a window of the new regime is matched to it and judged by its threshold
     other = synthetic_machine_audio("pump", 1, 2.0, seed=99)[0]

@@ -290,6 +290,8 @@ class EnrollResult:
     model_version: str
     subsample: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    correlation: float | None = None  # window-to-window, within a recording (the calibration's)
+    correlation_pairs: int = 0  # window pairs that measured it (0: the prior alone)
 
     def summary(self) -> str:
         verb = "created" if self.created else "extended"
@@ -299,6 +301,9 @@ class EnrollResult:
         )
         if self.threshold_before is not None:
             s += f" (was {self.threshold_before:.6g})"
+        if self.correlation is not None:
+            how = f"{self.correlation_pairs} window pairs" if self.correlation_pairs else "prior"
+            s += f"; window-to-window correlation {self.correlation:.2f} ({how})"
         if self.subsample:
             s += (
                 f"; coreset {self.subsample['from']} -> {self.subsample['to']}: rank correlation "
@@ -451,6 +456,8 @@ def _enroll_locked(
         threshold_before=thr_before,
         model_version=new_version,
         subsample=sub,
+        correlation=cal.correlation,
+        correlation_pairs=cal.correlation_pairs,
     )
 
 
