@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{hop}-sample frame hop: use e.g. {k * hop / SAMPLE_RATE:g}"
             )
         plan = replace(plan, train=replace(plan.train, clip_seconds=args.window_seconds))
-    out = args.out or REPO / ("bench-out/false-alarms" + ("-quick" if args.quick else ""))
+    out = (
+        args.out or REPO / ("bench-out/false-alarms" + ("-quick" if args.quick else ""))
+    ).resolve()
     results = args.results or (None if args.quick else REPO / "benchmarks/results/false_alarms.md")
     shared = None if args.no_real else fa.shared_dir(args.shared)
     say = lambda s: print(s, flush=True)  # noqa: E731
