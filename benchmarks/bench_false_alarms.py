@@ -260,6 +260,8 @@ def report(
         ModelPackage.load(package).manifest.calibration or CalibrationDefaults()
     ).false_alarms_per_week
     cmd = "nice -n 10 python benchmarks/bench_false_alarms.py" + (" --quick" if args.quick else "")
+    if args.window_seconds:
+        cmd += f" --window-seconds {args.window_seconds:g}"
     tr, sp = plan.train, plan.streams
     thr = {}
     for r in first.runs.values():
