@@ -219,6 +219,8 @@ class Pipeline:
     # per source: the machine's calibration for the config's alert rule and budget, or a fixed
     # raw threshold (`sources[].threshold`)
     calibrations: dict[str, ConditionCalibration | float] = field(default_factory=dict)
+    # per machine: condition -> enrolled level and natural variation (the level rule's reference)
+    levels: dict[str, dict[str, LevelReference]] = field(default_factory=dict)
 
     @property
     def window_seconds(self) -> float:
@@ -266,23 +268,27 @@ class Pipeline:
             n,
             m,
         )
+        # once per machine, however many sources listen to it
+        used = sorted(set(machines.values()))
+        per_machine = {m: pkg.machine(m).calibration.with_rule(rule) for m in used}
+        levels = {m: pkg.machine(m).bank.level_references() for m in used}
         calibrations: dict[str, ConditionCalibration | float] = {}
         thresholds: dict[str, float] = {}
         for src in cfg.sources:
             if src.threshold is not None:
                 calibrations[src.name] = thresholds[src.name] = float(src.threshold)
             else:
-                cal = pkg.machine(src.machine).calibration.with_rule(rule)
+                cal = per_machine[src.machine]
                 calibrations[src.name], thresholds[src.name] = cal, cal.threshold
-        return cls(pkg, embedder, window, hop, thresholds, machines, calibrations)
+        return cls(pkg, embedder, window, hop, thresholds, machines, calibrations, levels)
 
     def level_refs(self, source: str) -> dict[str, LevelReference]:
         """Condition -> enrolled level and natural variation of the source's machine (the
         level rule's reference; empty for a package without stored levels)."""
-        machine = self.machines.get(source)
-        if machine not in self.package.machines:
-            return {}
-        return self.package.machine(machine).bank.level_references()
+        machine = self.machines.get(source, "")
+        if machine not in self.levels and machine in self.package.machines:
+            self.levels[machine] = self.package.machine(machine).bank.level_references()
+        return self.levels.get(machine, {})
 
     def assess(
         self, sources: list[str], embeddings: np.ndarray

@@ -451,11 +451,6 @@ class ConditionCalibration:
         low = min(thr.values())
         return s / np.array([thr.get(c, low) for c in conditions], dtype=np.float64)
 
-    def expected_false_alarms_per_week(self) -> float:
-        return self.rule.false_alarms_per_week_at(
-            self.rule.window_exceedance(self.correlation), self.correlation
-        )
-
     def false_alarms_per_week_at(self, p: float) -> float:
         """Expected false alarm starts per week if a normal window exceeds with ``p``."""
         return self.rule.false_alarms_per_week_at(p, self.correlation)

@@ -52,7 +52,9 @@ def level_reference(levels: np.ndarray, groups: np.ndarray) -> LevelReference | 
     levels, groups = levels[keep], groups[keep]
     if levels.size < 3:
         return None
-    takes = [levels[groups == g] for g in dict.fromkeys(groups.tolist())]
+    order = np.argsort(groups, kind="stable")  # each recording's windows together, in order
+    cuts = np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1
+    takes = np.split(levels[order], cuts)
     if len(takes) < MIN_CHUNKS:  # cut each recording into contiguous chunks
         per = math.ceil(MIN_CHUNKS / len(takes))
         takes = [c for v in takes for c in np.array_split(v, min(per, v.size))]
