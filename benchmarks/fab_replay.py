@@ -222,7 +222,7 @@ def run_trial(
     timeout: float = 7200.0,
 ) -> TrialRun:
     """Replay every stream through one daemon; return what the subscriber received, per stream."""
-    from monitor.audio.capture import SourceState
+    from export.demo_replay import DaemonThread
     from monitor.config import load_config
     from monitor.daemon.daemon import Daemon
     from monitor.daemon.wiring import Pipeline, n_of_m
@@ -257,36 +257,14 @@ def run_trial(
     daemon = Daemon(
         cfg, cfg_path, notifier=Notifier({}), metrics=Metrics(process=False), sinks=[recorder]
     )
-    failure: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            daemon.run(install_signals=False)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=body, name=f"fab-daemon-{label}", daemon=True)
     t0 = time.perf_counter()
-    thread.start()
+    runner = DaemonThread(daemon, f"fab-daemon-{label}")
     try:
-        deadline = time.monotonic() + timeout
-        pending = {s.name for s in streams}
-        while pending:
-            if not thread.is_alive():
-                raise RuntimeError(f"trial {label}: the daemon stopped: {failure or 'no error'}")
-            for name in list(pending):
-                h = daemon.source_health(name)
-                if h is not None and h.state is SourceState.ERROR:
-                    raise RuntimeError(f"trial {label}: source {name!r}: {h.reason}")
-                if daemon.all_scored(name):
-                    pending.discard(name)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"trial {label}: not scored within {timeout:g} s: {pending}")
-            time.sleep(0.2)
+        stopped = f"trial {label}: the daemon stopped"
+        runner.wait_scored([s.name for s in streams], timeout, stopped, poll_s=0.2)
         daemon.wait_published(30.0)
     finally:
-        daemon.request_stop()
-        thread.join(60.0)
+        runner.stop(60.0)
         trial.wall_s = time.perf_counter() - t0
         emitted = sum(r.emitted for r in runs.values())
         deadline = time.monotonic() + 15.0
@@ -297,8 +275,7 @@ def run_trial(
                 break
             time.sleep(0.1)
         sub.close()
-    if failure:
-        raise failure[0]
+    runner.raise_failure()
     return trial
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,60 @@ def bar(norm: float, width: int = 30, full_scale: float = 3.0) -> str:
     return "[" + "".join(cells) + "]"
 
 
+class DaemonThread:
+    """A daemon run in a thread of this process until its file sources have been scored: the
+    demo's replay and the false-alarm benchmark's (`benchmarks/fab_replay.py`)."""
+
+    def __init__(self, daemon: Any, name: str) -> None:
+        self.daemon = daemon
+        self.failure: list[BaseException] = []
+        self.thread = threading.Thread(target=self._body, name=name, daemon=True)
+        self.thread.start()
+
+    def _body(self) -> None:
+        try:
+            self.daemon.run(install_signals=False)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self.failure.append(exc)
+
+    def wait_scored(
+        self, sources: Sequence[str], timeout: float, stopped: str, poll_s: float = 0.05
+    ) -> None:
+        """Until every one of ``sources`` has been scored to its end; the daemon's own error if
+        it died, else a SonitorError (``stopped``: what the early end means)."""
+        from monitor.audio.capture import SourceState
+
+        deadline = time.monotonic() + timeout
+        pending = set(sources)
+        while pending:
+            if not self.thread.is_alive():
+                if self.failure:
+                    raise self.failure[0]
+                raise SonitorError(stopped)
+            for name in sorted(pending):
+                health = self.daemon.source_health(name)
+                if health is not None and health.state is SourceState.ERROR:
+                    raise SonitorError(f"source {name!r}: {health.reason}")
+                if self.daemon.all_scored(name):
+                    pending.discard(name)
+            if pending and time.monotonic() > deadline:
+                raise SonitorError(
+                    f"the replay did not finish within {timeout:g} s: "
+                    f"{', '.join(sorted(pending))} not scored to the end"
+                )
+            if pending:
+                time.sleep(poll_s)
+
+    def stop(self, join_s: float) -> None:
+        self.daemon.request_stop()
+        self.thread.join(join_s)
+
+    def raise_failure(self) -> None:
+        """The daemon thread's error, if it had one (after `stop`)."""
+        if self.failure:
+            raise self.failure[0]
+
+
 def run_replay(
     config_path: Path,
     recordings: Recordings,
@@ -124,7 +178,6 @@ def run_replay(
     timeout: float = 600.0,
 ) -> ReplayRun:
     """Run the daemon on the config's file source until the file has been scored; observe it."""
-    from monitor.audio.capture import SourceState
     from monitor.config import load_config
     from monitor.daemon.daemon import Daemon
     from monitor.daemon.wiring import n_of_m
@@ -136,42 +189,19 @@ def run_replay(
     win = cfg.windows.window_seconds or manifest.window_seconds
     run = ReplayRun(n_of_m=n_of_m(cfg, win, cfg.windows.hop_seconds or manifest.hop_seconds))
     daemon = Daemon(cfg, config_path, sinks=[ReplaySink(run, recordings, out)])
-    failure: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            daemon.run(install_signals=False)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=body, name="sonitor-demo-daemon", daemon=True)
-    deadline = time.monotonic() + timeout
-    thread.start()
+    runner = DaemonThread(daemon, "sonitor-demo-daemon")
     try:
-        while True:
-            if not thread.is_alive():
-                if failure:
-                    raise failure[0]
-                raise SonitorError(f"the daemon stopped before the end of {recordings.replay_path}")
-            health = daemon.source_health(name)
-            if health is not None and health.state is SourceState.ERROR:
-                raise SonitorError(f"source {name!r}: {health.reason}")
-            if daemon.all_scored(name):
-                break
-            if time.monotonic() > deadline:
-                raise SonitorError(f"the replay did not finish within {timeout:g} s")
-            time.sleep(0.05)
+        stopped = f"the daemon stopped before the end of {recordings.replay_path}"
+        runner.wait_scored([name], timeout, stopped)
         published = daemon.wait_published(10.0)
         if published is not None:  # MQTT is on
             run.topic = f"{cfg.mqtt_topic_prefix}/{name}/events"
             run.published = published
     finally:
-        daemon.request_stop()
-        thread.join(30.0)
+        runner.stop(30.0)
     if run.published:  # the events that shutdown ended must have reached the broker too
         run.published = daemon.wait_published(0.0) is True
-    if failure:
-        raise failure[0]
+    runner.raise_failure()
     return run
 
 
