@@ -60,7 +60,7 @@ def main() -> None:
         s = sc.score_samples(xt)
         aucs.append({**metrics.machine_scores(y, s, dt.tolist()), "machine": m})
         old = s > calibrate(loo, "gamma", 0.9).threshold
-        mcal = calibrate_clips(sc, x, d, rule)  # as a package calibrates
+        mcal = calibrate_clips(sc, x, d, rule, m)  # as a package calibrates
         cal = mcal.calibration
         assert mcal.matcher is not None
         matched = mcal.matcher.match_names(xt)

@@ -19,9 +19,8 @@ from monitor.model.conditions import (
     AlarmRule,
     ConditionCalibration,
     ConditionMatcher,
-    calibrate_conditions,
 )
-from monitor.model.enroll import cross_validated_scores, recording_folds, scorer_spec
+from monitor.model.enroll import build_bank, scorer_spec
 from monitor.model.package import condition_names
 from training.recipes.base import Recipe
 
@@ -54,21 +53,23 @@ def calibrate_machine(
         scores = np.asarray(rec.train_scores(machine), dtype=np.float64)
         pooled = ["source"] * len(scores)
         return MachineCalibration(ConditionCalibration.fit(scores, pooled, rule), None)
-    return calibrate_clips(scorer, emb, domains, rule)
+    return calibrate_clips(scorer, emb, domains, rule, machine)
 
 
 def calibrate_clips(
-    scorer: Any, emb: np.ndarray, domains: list[str | None], rule: AlarmRule
+    scorer: Any, emb: np.ndarray, domains: list[str | None], rule: AlarmRule, machine: str = ""
 ) -> MachineCalibration:
     """Per-condition calibration of ``scorer``, fitted on the clip embeddings ``emb`` (their
     DCASE domains are the conditions), as a package calibrates at export and enrolment: every
     clip a recording, held out in turn."""
-    conds = condition_names(np.asarray(["" if d is None else d for d in domains])).tolist()
+    conds = condition_names(np.asarray(["" if d is None else d for d in domains]))
     name, params = scorer_spec(scorer)
-    folds = recording_folds(np.arange(len(emb)), np.asarray(conds))
-    scores = cross_validated_scores(name, params, emb, list(domains), folds, None, scorer)
-    cal, _ = calibrate_conditions(scores, emb, conds, rule)
-    return MachineCalibration(cal, ConditionMatcher(emb, conds))
+    # the package's own path (`build_bank`), every clip kept: no coreset offline
+    built = build_bank(
+        machine, name, params, emb, list(domains), conds, np.arange(len(emb)), None, rule,
+        max_bank=len(emb), fitted=scorer,
+    )  # fmt: skip
+    return MachineCalibration(built.calibration, ConditionMatcher(emb, conds.tolist()))
 
 
 def alarm_rows(
