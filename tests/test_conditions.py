@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from package_fixtures import copy_package, make_tiny_package, synthetic_machine_audio
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from monitor.alerting.machine import AlertMachine, AlertPolicy
 from monitor.errors import PackageError
@@ -25,6 +27,8 @@ from monitor.model.conditions import (
     persistence_rule,
     scorer_domains,
     shrunk_correlation,
+    tail_dof,
+    tail_factor,
     within_recording_correlation,
 )
 from monitor.model.package import ModelPackage
@@ -222,6 +226,55 @@ def test_bad_calibration_files_are_refused_by_name():
         ConditionCalibration.from_dict({**cal.to_dict(), "sigma": "x"}, "cal.json")
 
 
+def test_the_tail_shape_is_fitted_and_only_raises_thresholds():
+    rng = np.random.default_rng(7)
+    assert tail_dof([rng.normal(size=3000)]) is None  # a normal law: no heavier tail
+    heavy = tail_dof([rng.standard_t(5, 2000), 3 + 0.5 * rng.standard_t(5, 1000)])
+    assert heavy is not None and 3.5 < heavy < 7.5  # each group standardised, then pooled
+    assert tail_dof([rng.standard_t(3, 20)]) is None  # too few residuals to tell
+    assert tail_dof([rng.standard_t(3, 4)] * 10) is None  # groups of < 5 are left out
+    assert tail_factor(1e-4, None) == 1.0 and tail_factor(0.1, 6.0) == 1.0  # DCASE unchanged
+    assert tail_factor(1e-3, 6.0) > tail_factor(1e-3, 12.0) > tail_factor(1e-3, 50.0) > 1.0
+    assert tail_factor(1e-4, 6.0) > tail_factor(1e-3, 6.0)
+
+
+def test_a_heavy_tailed_score_keeps_its_budget_where_a_normal_tail_would_not():
+    """Log scores with a Student t (6 dof) tail: the fitted shape keeps fresh normal windows
+    over the threshold near p; the log-normal shape alone lets several times p through."""
+    rng = np.random.default_rng(8)
+    rule, dof, sd = default_rule(4.0, 1.0), 6.0, 0.3
+    scale = sd * math.sqrt((dof - 2) / dof)  # unit variance times sd
+    exceed, normal_only = [], []
+    for _ in range(40):
+        logs = scale * rng.standard_t(dof, 600)
+        cal = ConditionCalibration.fit(np.exp(logs), ["source"] * 600, rule)
+        assert cal.tail_dof is not None
+        p = rule.window_exceedance(cal.correlation)
+        exceed.append(student_t.sf(math.log(cal.thresholds()["source"]) / scale, dof) / p)
+        gauss = replace(cal, tail_dof=None).with_rule(rule)
+        normal_only.append(student_t.sf(math.log(gauss.thresholds()["source"]) / scale, dof) / p)
+    assert np.median(normal_only) > 3.0
+    assert 0.3 < np.median(exceed) < 1.6
+
+
+def test_a_calibration_from_before_the_tail_shape_is_refitted_from_its_scores():
+    rng = np.random.default_rng(9)
+    logs = 0.3 * rng.standard_t(5, 400)
+    cal = ConditionCalibration.fit(np.exp(logs), ["source"] * 400, default_rule(10, 1))
+    assert cal.tail_dof is not None
+    back = ConditionCalibration.from_dict(json.loads(json.dumps(cal.to_dict())), "cal.json")
+    assert back.tail_dof == pytest.approx(cal.tail_dof)
+    old = cal.to_dict()
+    del old["tail_dof"]
+    for c in old["conditions"].values():  # what the log-normal tail wrote
+        c["threshold"] = c["threshold"] / 2
+    back = ConditionCalibration.from_dict(old, "old.json")
+    assert back.tail_dof == pytest.approx(cal.tail_dof)
+    assert back.thresholds() == pytest.approx(cal.thresholds())
+    with pytest.raises(PackageError, match="cal.json: 'tail_dof' must be null or a number"):
+        ConditionCalibration.from_dict({**cal.to_dict(), "tail_dof": 1.0}, "cal.json")
+
+
 # ----------------------------------------------------------------------------- packages
 
 
@@ -244,6 +297,11 @@ def test_conditions_round_trip_through_the_package(base, tmp_path):
     assert fan.calibration.correlation != CORRELATION_PRIOR
     pairs = fan.calibration.correlation_pairs
     assert f"window-to-window correlation {res.correlation:.2f} ({pairs} window pairs)" in (
+        res.summary()
+    )
+    # the tail shape is fitted on the same scores, stored, and said
+    assert res.tail_dof == fan.calibration.tail_dof
+    assert ("score tail: normal" if res.tail_dof is None else "score tail: Student t") in (
         res.summary()
     )
     assert res.threshold == pytest.approx(fan.threshold)

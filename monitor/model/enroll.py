@@ -292,6 +292,7 @@ class EnrollResult:
     info: dict[str, Any] = field(default_factory=dict)
     correlation: float | None = None  # window-to-window, within a recording (the calibration's)
     correlation_pairs: int = 0  # window pairs that measured it (0: the prior alone)
+    tail_dof: float | None = None  # the calibration's tail shape (None: a normal law)
 
     def summary(self) -> str:
         verb = "created" if self.created else "extended"
@@ -304,6 +305,11 @@ class EnrollResult:
         if self.correlation is not None:
             how = f"{self.correlation_pairs} window pairs" if self.correlation_pairs else "prior"
             s += f"; window-to-window correlation {self.correlation:.2f} ({how})"
+            s += (
+                "; score tail: normal"
+                if self.tail_dof is None
+                else f"; score tail: Student t, {self.tail_dof:.1f} degrees of freedom"
+            )
         if self.subsample:
             s += (
                 f"; coreset {self.subsample['from']} -> {self.subsample['to']}: rank correlation "
@@ -458,6 +464,7 @@ def _enroll_locked(
         subsample=sub,
         correlation=cal.correlation,
         correlation_pairs=cal.correlation_pairs,
+        tail_dof=cal.tail_dof,
     )
 
 
