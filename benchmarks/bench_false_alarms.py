@@ -129,6 +129,10 @@ SETTINGS = (  # the two replayed through the daemon first
     Setting("persistence, budget 0.1/week", {"false_alarms_per_week": 0.1}),
     Setting("persistence, budget 10/week", {"false_alarms_per_week": 10.0}),
     Setting("[3, 5], budget 10/week", {"n_of_m": [3, 5], "false_alarms_per_week": 10.0}),
+    # what hearing the weak faults costs: the same rule at budgets far beyond a plant's
+    Setting("persistence, budget 100/week", {"false_alarms_per_week": 100.0}),
+    Setting("persistence, budget 1000/week", {"false_alarms_per_week": 1000.0}),
+    Setting("persistence, budget 10000/week", {"false_alarms_per_week": 10000.0}),
     Setting("persistence, independent windows (before)", {}, correlation=0.0),
 )
 

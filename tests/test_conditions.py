@@ -19,6 +19,7 @@ from monitor.errors import PackageError
 from monitor.model import enroll as en
 from monitor.model.conditions import (
     CORRELATION_PRIOR,
+    TAIL_SHAPE_MIN_P,
     AlarmRule,
     ConditionCalibration,
     ConditionMatcher,
@@ -235,14 +236,17 @@ def test_the_tail_shape_is_fitted_and_only_raises_thresholds():
     assert tail_dof([rng.standard_t(3, 4)] * 10) is None  # groups of < 5 are left out
     assert tail_factor(1e-4, None) == 1.0 and tail_factor(0.1, 6.0) == 1.0  # DCASE unchanged
     assert tail_factor(1e-3, 6.0) > tail_factor(1e-3, 12.0) > tail_factor(1e-3, 50.0) > 1.0
-    assert tail_factor(1e-4, 6.0) > tail_factor(1e-3, 6.0)
+    # the shape is trusted down to TAIL_SHAPE_MIN_P; below it the ratio stays
+    assert tail_factor(1e-5, 6.0) == tail_factor(TAIL_SHAPE_MIN_P, 6.0) < 1.5
+    assert tail_factor(0.003, 6.0) < tail_factor(TAIL_SHAPE_MIN_P, 6.0)
 
 
 def test_a_heavy_tailed_score_keeps_its_budget_where_a_normal_tail_would_not():
     """Log scores with a Student t (6 dof) tail: the fitted shape keeps fresh normal windows
     over the threshold near p; the log-normal shape alone lets several times p through."""
     rng = np.random.default_rng(8)
-    rule, dof, sd = default_rule(4.0, 1.0), 6.0, 0.3
+    # a budget that puts p near TAIL_SHAPE_MIN_P, down to where the shape is trusted
+    rule, dof, sd = default_rule(4.0, 1.0, false_alarms_per_week=30.0), 6.0, 0.3
     scale = sd * math.sqrt((dof - 2) / dof)  # unit variance times sd
     exceed, normal_only = [], []
     for _ in range(40):

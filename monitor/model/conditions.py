@@ -62,7 +62,11 @@ reference belongs to, exactly as a live window is matched):
   distance from the mean, in spreads, is the larger of the normal one and that t's
   unit-variance quantile, times the small-sample factor above: 0.8x p at p = 0.001 on the same
   clips. It only ever raises a threshold (the DCASE 0.9 quantile stays as it was), and a
-  calibration of fewer than `TAIL_MIN_SCORES` residuals keeps the normal shape;
+  calibration of fewer than `TAIL_MIN_SCORES` residuals keeps the normal shape. Below
+  p = `TAIL_SHAPE_MIN_P` (0.001, the smallest p the clips could check) the ratio stays that of
+  0.001: a t of 5 degrees of freedom extrapolated to p = 1.7e-5 (the demo's 4 s windows at a
+  measured correlation 0.93) put the threshold 5x above the normal one, and the demo's fault,
+  at 3x the normal threshold, under it;
 - never below the empirical (1 - p) quantile of the condition's own scores where there are
   enough of them (n p >= 5) to know it: a tail heavier than modelled raises the threshold.
 
@@ -112,6 +116,10 @@ _MIN_TAIL_COUNT = 5  # the empirical quantile is trusted with n p >= this many s
 # (4: the lightest-tailed t whose kurtosis is finite; at 100 a t is a normal law to 1 %)
 TAIL_MIN_SCORES = 30
 TAIL_MIN_DOF, TAIL_MAX_DOF = 4.0, 100.0
+# the fitted shape is trusted down to this p (where held-out clips checked it); below it the
+# threshold grows as a normal tail's from there: a t of few degrees of freedom extrapolated to
+# p = 1e-5 (10 s windows of highly correlated takes) would put thresholds 8x higher and deafen
+TAIL_SHAPE_MIN_P = 1e-3
 _CONDITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 
@@ -292,9 +300,11 @@ def tail_dof(groups: Iterable[Sequence[float]]) -> float | None:
 
 def tail_factor(p: float, dof: float | None) -> float:
     """How much farther than a normal law's (in spreads) the (1 - p) quantile of a unit-variance
-    t with ``dof`` degrees of freedom lies; never below 1 (the tail shape only raises)."""
+    t with ``dof`` degrees of freedom lies; never below 1 (the tail shape only raises). Below
+    `TAIL_SHAPE_MIN_P` the factor stays that of `TAIL_SHAPE_MIN_P`."""
     if dof is None or p >= 0.5:
         return 1.0
+    p = max(p, TAIL_SHAPE_MIN_P)
     heavy = float(student_t.ppf(1.0 - p, dof)) * math.sqrt((dof - 2.0) / dof)
     return max(heavy / float(norm.isf(p)), 1.0)
 
