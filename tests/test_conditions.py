@@ -261,7 +261,7 @@ def test_a_heavy_tailed_score_keeps_its_budget_where_a_normal_tail_would_not():
     assert 0.3 < np.median(exceed) < 1.6
 
 
-def test_a_calibration_from_before_the_tail_shape_is_refitted_from_its_scores():
+def test_a_calibration_from_before_the_tail_shape_is_refitted_from_its_scores(caplog):
     rng = np.random.default_rng(9)
     logs = 0.3 * rng.standard_t(5, 400)
     cal = ConditionCalibration.fit(np.exp(logs), ["source"] * 400, default_rule(10, 1))
@@ -272,7 +272,9 @@ def test_a_calibration_from_before_the_tail_shape_is_refitted_from_its_scores():
     del old["tail_dof"]
     for c in old["conditions"].values():  # what the log-normal tail wrote
         c["threshold"] = c["threshold"] / 2
-    back = ConditionCalibration.from_dict(old, "old.json")
+    with caplog.at_level("INFO", logger="monitor.model.conditions"):
+        back = ConditionCalibration.from_dict(old, "old.json")
+    assert "old.json: written before the tail fit; thresholds recomputed" in caplog.text
     assert back.tail_dof == pytest.approx(cal.tail_dof)
     assert back.thresholds() == pytest.approx(cal.thresholds())
     with pytest.raises(PackageError, match="cal.json: 'tail_dof' must be null or a number"):

@@ -77,6 +77,7 @@ Pure numpy: the daemon, enrolment, `sonitor score` and `sonitor evaluate` run th
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,6 +91,8 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from monitor.errors import PackageError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_BURST_SECONDS",
@@ -630,8 +633,17 @@ class ConditionCalibration:
             tail_dof=None if dof is None else float(dof),
         )
         # thresholds written before the correlation or the tail shape: recomputed (higher)
-        current = "correlation" in d and "tail_dof" in d
-        return cal if current else cal.with_rule(cal.rule)
+        if "correlation" in d and "tail_dof" in d:
+            return cal
+        log.info(
+            "%s: written before %s; thresholds recomputed (correlation %.2f, score tail %s); "
+            "enrol or export again to store them",
+            where,
+            "the window-to-window correlation" if "correlation" not in d else "the tail fit",
+            cal.correlation,
+            "normal" if cal.tail_dof is None else f"Student t, {cal.tail_dof:.1f} dof",
+        )
+        return cal.with_rule(cal.rule)
 
 
 def _pos(d: Mapping[str, Any], key: str) -> float:
