@@ -54,15 +54,15 @@ reference belongs to, exactly as a live window is matched):
   about 1.5x higher at sigma 0.4). Where the small condition truly spreads 1.5x more than the
   large one, the shrunk spread lets it exceed about 4.5x as often as p (tests/test_conditions.py);
 - the tail's shape from the scores themselves: log scores have heavier tails than a normal
-  law. Measured on the three SYNTHETIC sets (1200 held-out normal test clips, thresholds from
-  the training clips' held-out scores), the log-normal quantile at p = 0.001 had 6.7x p of the
-  normal clips above it (2.8x at 0.003, 1.6x at 0.01). So the pooled residuals (each
-  condition's log scores standardised by its own mean and spread) get a Student t fitted by
-  maximum likelihood (`tail_dof`; 4-18 degrees of freedom on those sets), and the threshold's
-  distance from the mean, in spreads, is the larger of the normal one and that t's
-  unit-variance quantile, times the small-sample factor above: 0.8x p at p = 0.001 on the same
-  clips. It only ever raises a threshold (the DCASE 0.9 quantile stays as it was), and a
-  calibration of fewer than `TAIL_MIN_SCORES` residuals keeps the normal shape. Below
+  law. Measured on the three SYNTHETIC sets (900 held-out normal test clips, thresholds from
+  the training clips' held-out scores; `benchmarks/alarm_calibration.py`), the log-normal
+  quantiles at p = 0.01 / 0.003 / 0.001 had 1.7 / 3.0 / 6.7x p of the normal clips above them.
+  So the pooled residuals (each condition's log scores standardised by its own mean and spread)
+  get a Student t fitted by maximum likelihood (`tail_dof`; 6.4-18 degrees of freedom on those
+  sets), and the threshold's distance from the mean, in spreads, is the larger of the normal
+  one and that t's unit-variance quantile, times the small-sample factor above: 1.6 / 2.2 / 0x
+  p on the same clips. It only ever raises a threshold (the DCASE 0.9 quantile stays as it
+  was), and a calibration of fewer than `TAIL_MIN_SCORES` residuals keeps the normal shape. Below
   p = `TAIL_SHAPE_MIN_P` (0.001, the smallest p the clips could check) the ratio stays that of
   0.001: a t of 5 degrees of freedom extrapolated to p = 1.7e-5 (the demo's 4 s windows at a
   measured correlation 0.93) put the threshold 5x above the normal one, and the demo's fault,
@@ -118,12 +118,12 @@ _MAX_CORRELATION = 0.99
 CORRELATION_PRIOR_PAIRS = 10.0  # weight of the prior, in window pairs, against the measured one
 _MIN_TAIL_COUNT = 5  # the empirical quantile is trusted with n p >= this many scores above it
 # tail shape (`tail_dof`): residuals needed to fit it, and the range its degrees of freedom keep
-# (4: the lightest-tailed t whose kurtosis is finite; at 100 a t is a normal law to 1 %)
+# (4: the heaviest tail kept, variance finite; at 100 a t is a normal law to about 1 %)
 TAIL_MIN_SCORES = 30
 TAIL_MIN_DOF, TAIL_MAX_DOF = 4.0, 100.0
 # the fitted shape is trusted down to this p (where held-out clips checked it); below it the
 # threshold grows as a normal tail's from there: a t of few degrees of freedom extrapolated to
-# p = 1e-5 (10 s windows of highly correlated takes) would put thresholds 8x higher and deafen
+# p ~ 1e-5 (windows of highly correlated takes) put the quick demo's threshold 5x higher
 TAIL_SHAPE_MIN_P = 1e-3
 _CONDITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
