@@ -82,7 +82,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -588,7 +588,7 @@ class ConditionCalibration:
             except (KeyError, TypeError, ValueError) as exc:
                 raise PackageError(f"{where}: conditions[{name!r}] is invalid ({exc})") from None
         sigma = d.get("sigma")
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        if not _is_number(sigma) or not sigma > 0:
             raise PackageError(f"{where}: 'sigma' must be a positive number; got {sigma!r}")
         tails = d.get("tails", {})
         ok = isinstance(tails, Mapping) and all(
@@ -599,7 +599,7 @@ class ConditionCalibration:
             raise PackageError(f"{where}: 'tails' must map conditions to lists of finite numbers")
         # a calibration written before the correlation was measured: the conservative prior
         rho = d.get("correlation", CORRELATION_PRIOR)
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)):
+        if not _is_number(rho):
             raise PackageError(f"{where}: 'correlation' must be a number; got {rho!r}")
         try:
             _check_correlation(float(rho))
@@ -608,25 +608,21 @@ class ConditionCalibration:
         pairs = d.get("correlation_pairs", 0)
         if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 0:
             raise PackageError(f"{where}: 'correlation_pairs' must be a count; got {pairs!r}")
-        tail_shape = {str(c): tuple(float(x) for x in v) for c, v in tails.items()}
+        tail_scores = {str(c): tuple(float(x) for x in v) for c, v in tails.items()}
         if "tail_dof" in d:
             dof = d["tail_dof"]
-            if dof is not None and (
-                isinstance(dof, bool)
-                or not isinstance(dof, (int, float))
-                or not TAIL_MIN_DOF <= dof <= TAIL_MAX_DOF
-            ):
+            if dof is not None and not (_is_number(dof) and TAIL_MIN_DOF <= dof <= TAIL_MAX_DOF):
                 raise PackageError(
                     f"{where}: 'tail_dof' must be null or a number in "
                     f"[{TAIL_MIN_DOF:g}, {TAIL_MAX_DOF:g}]; got {dof!r}"
                 )
         else:  # written before the tail shape was fitted: fit it on the stored scores
-            dof = tail_dof(tail_shape.values())
+            dof = tail_dof(tail_scores.values())
         cal = cls(
             stats,
             float(sigma),
             AlarmRule.from_dict(d.get("rule"), where),
-            tail_shape,
+            tail_scores,
             extra={k: v for k, v in d.items() if k not in known},
             correlation=float(rho),
             correlation_pairs=pairs,
@@ -644,6 +640,11 @@ class ConditionCalibration:
             "normal" if cal.tail_dof is None else f"Student t, {cal.tail_dof:.1f} dof",
         )
         return cal.with_rule(cal.rule)
+
+
+def _is_number(v: Any) -> TypeGuard[int | float]:
+    """A JSON number (``true``/``false`` are ints to Python, not numbers to a reader)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _pos(d: Mapping[str, Any], key: str) -> float:
