@@ -219,8 +219,13 @@ class Pipeline:
     # per source: the machine's calibration for the config's alert rule and budget, or a fixed
     # raw threshold (`sources[].threshold`)
     calibrations: dict[str, ConditionCalibration | float] = field(default_factory=dict)
-    # per machine: condition -> enrolled level and natural variation (the level rule's reference)
-    levels: dict[str, dict[str, LevelReference]] = field(default_factory=dict)
+    # per machine: condition -> enrolled level and natural variation (the level rule's
+    # reference), derived from the package once per machine however many sources listen to it
+    levels: dict[str, dict[str, LevelReference]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        used = sorted({m for m in self.machines.values() if m in self.package.machines})
+        self.levels = {m: self.package.machine(m).bank.level_references() for m in used}
 
     @property
     def window_seconds(self) -> float:
@@ -271,7 +276,6 @@ class Pipeline:
         # once per machine, however many sources listen to it
         used = sorted(set(machines.values()))
         per_machine = {m: pkg.machine(m).calibration.with_rule(rule) for m in used}
-        levels = {m: pkg.machine(m).bank.level_references() for m in used}
         calibrations: dict[str, ConditionCalibration | float] = {}
         thresholds: dict[str, float] = {}
         for src in cfg.sources:
@@ -280,15 +284,12 @@ class Pipeline:
             else:
                 cal = per_machine[src.machine]
                 calibrations[src.name], thresholds[src.name] = cal, cal.threshold
-        return cls(pkg, embedder, window, hop, thresholds, machines, calibrations, levels)
+        return cls(pkg, embedder, window, hop, thresholds, machines, calibrations)
 
     def level_refs(self, source: str) -> dict[str, LevelReference]:
         """Condition -> enrolled level and natural variation of the source's machine (the
         level rule's reference; empty for a package without stored levels)."""
-        machine = self.machines.get(source, "")
-        if machine not in self.levels and machine in self.package.machines:
-            self.levels[machine] = self.package.machine(machine).bank.level_references()
-        return self.levels.get(machine, {})
+        return self.levels.get(self.machines.get(source, ""), {})
 
     def assess(
         self, sources: list[str], embeddings: np.ndarray
